@@ -1,0 +1,150 @@
+//! The cost of the contract layer: the Ortelius RocksDB backend against raw `rocksdb` calls doing
+//! the same logical work on the same data, in the same run. Each group has a `raw` and an
+//! `ortelius` function; `scripts/bench-ratios.py` prints raw-time / ortelius-time per group
+//! (1.0 = no overhead; the targets are ≥ 0.9 for get and put, ≥ 0.8 for scans).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ortelius_kvs::{Cell, KeyValueService, RangeRequest, RowRange, TableRef, MAX_READ_TS};
+use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+use rocksdb::{Options, WriteOptions, DB};
+
+const KEYS: u64 = 200_000;
+const SCAN_ROWS: u64 = 10_000;
+const VALUE: [u8; 100] = [7; 100];
+
+fn row(i: u64) -> [u8; 8] {
+    // Spread keys so neighbouring inserts do not share a memtable page.
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes()
+}
+
+fn raw_db(dir: &std::path::Path) -> DB {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let mut table_opts = rocksdb::BlockBasedOptions::default();
+    table_opts.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&table_opts);
+    DB::open(&opts, dir).unwrap()
+}
+
+struct Stores {
+    _dir: tempfile::TempDir,
+    raw: DB,
+    kvs: RocksDbKvs,
+    table: TableRef,
+}
+
+fn stores() -> Stores {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = raw_db(&dir.path().join("raw"));
+    let kvs = RocksDbKvs::open(dir.path().join("ortelius"), &RocksDbConfig::default()).unwrap();
+    let table = TableRef::new("bench", "t").unwrap();
+    kvs.create_table(&table, b"").unwrap();
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut writes = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            batch.put(row(i), VALUE);
+            writes.push((Cell::new(row(i), "v").unwrap(), VALUE.to_vec()));
+        }
+        raw.write(batch).unwrap();
+        kvs.put(&table, &writes, 1).unwrap();
+    }
+    raw.flush().unwrap();
+    kvs.compact();
+    raw.compact_range(None::<&[u8]>, None::<&[u8]>);
+    Stores {
+        _dir: dir,
+        raw,
+        kvs,
+        table,
+    }
+}
+
+fn point_get(c: &mut Criterion) {
+    let s = stores();
+    let mut group = c.benchmark_group("point_get");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    group.bench_function("raw", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            black_box(s.raw.get(row(i)).unwrap())
+        })
+    });
+    let mut i = 0u64;
+    group.bench_function("ortelius", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            let cell = Cell::new(row(i), "v").unwrap();
+            black_box(s.kvs.get(&s.table, &[(cell, MAX_READ_TS)]).unwrap())
+        })
+    });
+    group.finish();
+}
+
+fn put(c: &mut Criterion) {
+    let s = stores();
+    let mut group = c.benchmark_group("put");
+    group.throughput(Throughput::Elements(1));
+    let mut unsynced = WriteOptions::default();
+    unsynced.set_sync(false);
+    let mut i = KEYS;
+    group.bench_function("raw", |b| {
+        b.iter(|| {
+            i += 1;
+            s.raw.put_opt(row(i), VALUE, &unsynced).unwrap()
+        })
+    });
+    let mut i = KEYS;
+    group.bench_function("ortelius", |b| {
+        b.iter(|| {
+            i += 1;
+            let cell = Cell::new(row(i), "v").unwrap();
+            s.kvs.put(&s.table, &[(cell, VALUE.to_vec())], 1).unwrap()
+        })
+    });
+    group.finish();
+}
+
+fn range_scan(c: &mut Criterion) {
+    let s = stores();
+    let mut group = c.benchmark_group("range_scan");
+    group.throughput(Throughput::Elements(SCAN_ROWS));
+    group.sample_size(20);
+    group.bench_function("raw", |b| {
+        b.iter(|| {
+            let mut it = s.raw.raw_iterator();
+            it.seek_to_first();
+            let mut n = 0;
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                black_box((k.to_vec(), v.to_vec()));
+                n += 1;
+                if n == SCAN_ROWS {
+                    break;
+                }
+                it.next();
+            }
+            n
+        })
+    });
+    group.bench_function("ortelius", |b| {
+        b.iter(|| {
+            let rows = s
+                .kvs
+                .get_range(&s.table, &RangeRequest::rows(RowRange::all()), MAX_READ_TS)
+                .unwrap()
+                .take(SCAN_ROWS as usize)
+                .map(|r| black_box(r.unwrap()))
+                .count();
+            assert_eq!(rows as u64, SCAN_ROWS);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, point_get, put, range_scan);
+criterion_main!(benches);

@@ -1,0 +1,232 @@
+//! The RocksDB key layout.
+//!
+//! All tables share one key space (RocksDB's default bytewise comparator):
+//!
+//! ```text
+//! catalog entry:  00 'T' <qualified table name>        -> table id (u32 BE) ‖ metadata bytes
+//! next table id:  00 'N'                               -> u32 BE
+//! cell version:   01 <table id: u32 BE> esc(row) esc(column) desc(ts)
+//! ```
+//!
+//! `esc(x)` writes each byte of `x`, doubling a zero byte as `00 FF`, then the terminator
+//! `00 01`. `desc(ts)` is `!(ts XOR 2^63)` as 8 big-endian bytes.
+//!
+//! Why this is unambiguous: inside `esc(x)` every `00` is followed by `FF`, so the first
+//! `00 01` is the terminator: a key splits into row, column and timestamp in exactly one way.
+//! Why it sorts row ascending, column ascending, timestamp descending: escaping preserves the
+//! order of the first differing byte (`00 FF` < any byte ≥ 1), and a name that is a proper
+//! prefix of another ends with `00 01`, which sorts before `00 FF` or any byte ≥ 1 — so a
+//! shorter name sorts first, as in the unescaped order. `ts XOR 2^63` maps signed order to
+//! unsigned order and the complement reverses it, so within a cell the newest version comes
+//! first: a point read "latest version < T" is one seek to `key(cell, T-1)`.
+
+use ortelius_kvs::{Cell, KvsError, KvsResult, Timestamp};
+
+pub(crate) const CATALOG_TABLE_PREFIX: &[u8] = &[0x00, b'T'];
+pub(crate) const NEXT_TABLE_ID_KEY: &[u8] = &[0x00, b'N'];
+const DATA: u8 = 0x01;
+const TERMINATOR: [u8; 2] = [0x00, 0x01];
+const TABLE_PREFIX_LEN: usize = 5;
+const TS_LEN: usize = 8;
+
+pub(crate) fn catalog_key(qualified_name: &str) -> Vec<u8> {
+    let mut key = CATALOG_TABLE_PREFIX.to_vec();
+    key.extend_from_slice(qualified_name.as_bytes());
+    key
+}
+
+/// The first key of a table's data.
+pub(crate) fn table_start(table_id: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(TABLE_PREFIX_LEN);
+    key.push(DATA);
+    key.extend_from_slice(&table_id.to_be_bytes());
+    key
+}
+
+/// The first key after a table's data.
+pub(crate) fn table_end(table_id: u32) -> Vec<u8> {
+    match table_id.checked_add(1) {
+        Some(next) => table_start(next),
+        None => vec![DATA + 1],
+    }
+}
+
+fn escape_into(out: &mut Vec<u8>, name: &[u8]) {
+    for &b in name {
+        out.push(b);
+        if b == 0 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&TERMINATOR);
+}
+
+/// The prefix shared by every version of the row's cells; also the row's smallest key.
+pub(crate) fn row_prefix(table_id: u32, row: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(TABLE_PREFIX_LEN + row.len() + 2 + 16);
+    key.extend_from_slice(&table_start(table_id));
+    escape_into(&mut key, row);
+    key
+}
+
+/// The first key after every key of `row`.
+pub(crate) fn row_end(table_id: u32, row: &[u8]) -> Vec<u8> {
+    past_terminator(row_prefix(table_id, row))
+}
+
+/// Turns a prefix ending in the terminator `00 01` into `.. 00 02`: the first key after every
+/// key starting with that prefix (no escaped name continues with `00 02`).
+fn past_terminator(mut prefix: Vec<u8>) -> Vec<u8> {
+    if let Some(last) = prefix.last_mut() {
+        *last = 0x02;
+    }
+    prefix
+}
+
+/// The prefix of every version of one cell; also the smallest key of that column in the row.
+pub(crate) fn cell_prefix(table_id: u32, row: &[u8], column: &[u8]) -> Vec<u8> {
+    let mut key = row_prefix(table_id, row);
+    escape_into(&mut key, column);
+    key
+}
+
+/// The first key after every version of a cell.
+pub(crate) fn cell_end(table_id: u32, row: &[u8], column: &[u8]) -> Vec<u8> {
+    past_terminator(cell_prefix(table_id, row, column))
+}
+
+pub(crate) fn encode_ts(ts: Timestamp) -> [u8; TS_LEN] {
+    (!((ts as u64) ^ (1 << 63))).to_be_bytes()
+}
+
+fn decode_ts(bytes: [u8; TS_LEN]) -> Timestamp {
+    ((!u64::from_be_bytes(bytes)) ^ (1 << 63)) as Timestamp
+}
+
+pub(crate) fn version_key(table_id: u32, cell: &Cell, ts: Timestamp) -> Vec<u8> {
+    let mut key = cell_prefix(table_id, cell.row(), cell.column());
+    key.extend_from_slice(&encode_ts(ts));
+    key
+}
+
+/// The key of a version of the cell whose prefix is `prefix`.
+pub(crate) fn with_ts(prefix: &[u8], ts: Timestamp) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + TS_LEN);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&encode_ts(ts));
+    key
+}
+
+/// The timestamp of a version key known to start with a cell's prefix of `prefix_len` bytes.
+pub(crate) fn ts_of(key: &[u8], prefix_len: usize) -> Option<Timestamp> {
+    let ts: [u8; TS_LEN] = key.get(prefix_len..)?.try_into().ok()?;
+    Some(decode_ts(ts))
+}
+
+/// A decoded version key: the cell's names, the length of its cell prefix, and its timestamp.
+pub(crate) struct DecodedKey {
+    pub row: Vec<u8>,
+    pub column: Vec<u8>,
+    pub ts: Timestamp,
+    /// Length of the key without the timestamp (the cell prefix).
+    pub cell_prefix_len: usize,
+    /// Length of the row prefix.
+    pub row_prefix_len: usize,
+}
+
+fn unescape(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == 0 {
+            match bytes.get(i + 1)? {
+                0xFF => out.push(0),
+                0x01 => return Some((out, i + 2)),
+                _ => return None,
+            }
+            i += 2;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    None
+}
+
+pub(crate) fn decode(key: &[u8]) -> KvsResult<DecodedKey> {
+    let corrupt = || KvsError::Corruption {
+        detail: format!("malformed version key {}", key.escape_ascii()),
+    };
+    let body = key.get(TABLE_PREFIX_LEN..).ok_or_else(corrupt)?;
+    let (row, row_len) = unescape(body).ok_or_else(corrupt)?;
+    let rest = body.get(row_len..).ok_or_else(corrupt)?;
+    let (column, column_len) = unescape(rest).ok_or_else(corrupt)?;
+    let cell_prefix_len = TABLE_PREFIX_LEN + row_len + column_len;
+    if key.len() != cell_prefix_len + TS_LEN {
+        return Err(corrupt());
+    }
+    let ts = ts_of(key, cell_prefix_len).ok_or_else(corrupt)?;
+    Ok(DecodedKey {
+        row,
+        column,
+        ts,
+        cell_prefix_len,
+        row_prefix_len: TABLE_PREFIX_LEN + row_len,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop::sample::select(vec![0u8, 1, 2, 0xfe, 0xff, b'a']),
+            1..6,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn keys_decode_to_what_was_encoded(row in name(), col in name(), ts in -1i64..i64::MAX) {
+            let cell = Cell::new(row.clone(), col.clone()).unwrap();
+            let key = version_key(7, &cell, ts);
+            let d = decode(&key).unwrap();
+            prop_assert_eq!((d.row, d.column, d.ts), (row, col, ts));
+        }
+
+        #[test]
+        fn key_order_is_row_then_column_ascending_then_ts_descending(
+            a in (name(), name(), -1i64..50), b in (name(), name(), -1i64..50)
+        ) {
+            let ka = version_key(3, &Cell::new(a.0.clone(), a.1.clone()).unwrap(), a.2);
+            let kb = version_key(3, &Cell::new(b.0.clone(), b.1.clone()).unwrap(), b.2);
+            let logical = (a.0, a.1, std::cmp::Reverse(a.2)).cmp(&(b.0, b.1, std::cmp::Reverse(b.2)));
+            prop_assert_eq!(ka.cmp(&kb), logical);
+        }
+
+        #[test]
+        fn row_and_cell_bounds_enclose_exactly_their_keys(
+            row in name(), col in name(), other_row in name(), other_col in name(), ts in -1i64..50
+        ) {
+            let key = version_key(1, &Cell::new(other_row.clone(), other_col.clone()).unwrap(), ts);
+            let in_row = key >= row_prefix(1, &row) && key < row_end(1, &row);
+            prop_assert_eq!(in_row, other_row == row);
+            let in_cell = key >= cell_prefix(1, &row, &col) && key < cell_end(1, &row, &col);
+            prop_assert_eq!(in_cell, other_row == row && other_col == col);
+            prop_assert!(key >= table_start(1) && key < table_end(1));
+        }
+    }
+
+    #[test]
+    fn timestamp_encoding_is_descending_at_the_edges() {
+        let order = [i64::MAX - 1, 1, 0, -1, -2];
+        for w in order.windows(2) {
+            assert!(encode_ts(w[0]) < encode_ts(w[1]));
+            assert_eq!(decode_ts(encode_ts(w[0])), w[0]);
+        }
+    }
+}

@@ -1,0 +1,754 @@
+//! The embedded RocksDB backend of Ortelius (the default store).
+//!
+//! One RocksDB database holds every table in a single key space laid out by [`keys`]: a point
+//! read of "the latest version below T" is one seek. `put_unless_exists` and `check_and_set` are
+//! atomic across all threads of the process through striped in-process locks (RocksDB's own
+//! `LOCK` file keeps other processes out). Writes through the atomic operations — the commit
+//! path of transactions — are synced by default; plain puts are not, because a later synced
+//! WAL write makes every earlier write durable with it (see [`Durability`]).
+
+mod keys;
+mod range;
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use ortelius_kvs::{
+    validate_read_ts, validate_version_ts, CandidateCell, CandidateCellsRequest, CandidatePage,
+    Cell, CellIter, CellWrites, CheckAndSetRequest, ColumnRange, ColumnSelection, KeyValueService,
+    KvsError, KvsResult, RangeRequest, RowIter, RowRange, TableRef, Timestamp,
+    TimestampRangeDelete, Value, ATOMIC_TS, SWEEP_SENTINEL_TS,
+};
+use rocksdb::{DBRawIterator, Options, WriteBatch, WriteOptions, DB};
+
+use crate::keys::DecodedKey;
+use crate::range::{collect_row, ColumnRangeIter, RocksRangeIter};
+
+/// When writes reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Durability {
+    /// fsync the WAL on `put`, `multi_put`, `put_with_timestamps` and deletes. Off by default:
+    /// such writes survive a process crash (they are in the OS page cache) and become durable
+    /// against power loss with the next synced write, because the WAL is sequential.
+    pub sync_writes: bool,
+    /// fsync the WAL on `put_unless_exists`, `check_and_set` and table creation/drop: the commit
+    /// point of a transaction and the timestamp bound. On by default.
+    pub sync_atomic_writes: bool,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Self {
+            sync_writes: false,
+            sync_atomic_writes: true,
+        }
+    }
+}
+
+/// Options for opening a RocksDB store.
+#[derive(Clone, Debug, Default)]
+pub struct RocksDbConfig {
+    pub durability: Durability,
+}
+
+#[derive(Clone)]
+struct TableInfo {
+    id: u32,
+    metadata: Vec<u8>,
+}
+
+/// Number of in-process lock stripes serialising atomic operations per cell.
+const ATOMIC_STRIPES: usize = 256;
+
+/// The RocksDB [`KeyValueService`].
+pub struct RocksDbKvs {
+    db: DB,
+    dir: PathBuf,
+    tables: RwLock<BTreeMap<TableRef, TableInfo>>,
+    /// Serialises catalogue changes (create/drop), which read-modify-write the next table id.
+    catalog_lock: Mutex<()>,
+    stripes: Vec<Mutex<()>>,
+    hasher: std::collections::hash_map::RandomState,
+    plain_writes: WriteOptions,
+    atomic_writes: WriteOptions,
+}
+
+fn storage(e: rocksdb::Error) -> KvsError {
+    KvsError::storage(e)
+}
+
+fn poisoned() -> KvsError {
+    KvsError::Storage {
+        detail: "an in-process lock of the RocksDB store was poisoned by a panic".to_owned(),
+    }
+}
+
+impl RocksDbKvs {
+    /// Opens (creating if needed) the store in `dir`. Fails with `StoreLocked` when another
+    /// process — or another handle in this one — has it open.
+    pub fn open(dir: impl AsRef<Path>, config: &RocksDbConfig) -> KvsResult<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| KvsError::Storage {
+            detail: format!("cannot create data directory {}: {e}", dir.display()),
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut table_opts = rocksdb::BlockBasedOptions::default();
+        table_opts.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&table_opts);
+        let db = DB::open(&opts, &dir).map_err(|e| {
+            let detail = e.to_string();
+            if detail.contains("lock") || detail.contains("LOCK") {
+                KvsError::StoreLocked {
+                    dir: dir.clone(),
+                    detail,
+                }
+            } else {
+                KvsError::Storage {
+                    detail: format!("cannot open RocksDB store at {}: {detail}", dir.display()),
+                }
+            }
+        })?;
+        let tables = load_catalog(&db)?;
+        let mut plain_writes = WriteOptions::default();
+        plain_writes.set_sync(config.durability.sync_writes);
+        let mut atomic_writes = WriteOptions::default();
+        atomic_writes.set_sync(config.durability.sync_atomic_writes);
+        Ok(Self {
+            db,
+            dir,
+            tables: RwLock::new(tables),
+            catalog_lock: Mutex::new(()),
+            stripes: (0..ATOMIC_STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            plain_writes,
+            atomic_writes,
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Compacts the whole store (reclaims space after deletes); for maintenance and benchmarks.
+    pub fn compact(&self) {
+        self.db.compact_range(None::<&[u8]>, None::<&[u8]>);
+    }
+
+    /// Bytes of live SST files, as RocksDB reports them.
+    pub fn live_data_size(&self) -> KvsResult<u64> {
+        Ok(self
+            .db
+            .property_int_value("rocksdb.live-sst-files-size")
+            .map_err(storage)?
+            .unwrap_or(0))
+    }
+
+    fn table_id(&self, table: &TableRef) -> KvsResult<u32> {
+        self.tables
+            .read()
+            .map_err(|_| poisoned())?
+            .get(table)
+            .map(|t| t.id)
+            .ok_or_else(|| KvsError::TableNotFound {
+                table: table.clone(),
+            })
+    }
+
+    fn iter(&self) -> DBRawIterator<'_> {
+        self.db.raw_iterator()
+    }
+
+    /// Locks the stripes of `cells` in ascending order (no deadlock between callers).
+    fn lock_cells<'a>(
+        &self,
+        cells: impl Iterator<Item = &'a Cell>,
+    ) -> KvsResult<Vec<MutexGuard<'_, ()>>> {
+        let mut idx: Vec<usize> = cells
+            .map(|c| {
+                let mut h = self.hasher.build_hasher();
+                c.hash(&mut h);
+                (h.finish() % ATOMIC_STRIPES as u64) as usize
+            })
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .map(|i| self.stripes[i].lock().map_err(|_| poisoned()))
+            .collect()
+    }
+
+    fn write(&self, batch: WriteBatch, atomic: bool) -> KvsResult<()> {
+        let opts = if atomic {
+            &self.atomic_writes
+        } else {
+            &self.plain_writes
+        };
+        self.db.write_opt(batch, opts).map_err(storage)
+    }
+
+    /// Adds the puts to `batch` after checking that no different value is stored at any
+    /// `(cell, ts)`: identical rewrites pass, a different value fails the whole call.
+    fn add_puts<'a>(
+        &self,
+        batch: &mut WriteBatch,
+        table: &TableRef,
+        table_id: u32,
+        writes: impl Iterator<Item = (&'a Cell, Timestamp, &'a [u8])>,
+    ) -> KvsResult<()> {
+        for (cell, ts, value) in writes {
+            let key = keys::version_key(table_id, cell, ts);
+            if let Some(existing) = self.db.get_pinned(&key).map_err(storage)? {
+                if existing.as_ref() != value {
+                    return Err(KvsError::ValueAlreadyWritten {
+                        table: table.clone(),
+                        cell: cell.clone(),
+                        timestamp: ts,
+                    });
+                }
+            }
+            batch.put(key, value);
+        }
+        Ok(())
+    }
+
+    /// The latest version `< ts` of one cell, using `iter`.
+    fn latest_below(
+        iter: &mut DBRawIterator<'_>,
+        table_id: u32,
+        cell: &Cell,
+        ts: Timestamp,
+    ) -> KvsResult<Option<Value>> {
+        let prefix = keys::cell_prefix(table_id, cell.row(), cell.column());
+        iter.seek(keys::with_ts(&prefix, ts - 1));
+        read_version(iter, &prefix)
+    }
+}
+
+/// The version under the iterator if it belongs to the cell of `prefix`.
+fn read_version(iter: &DBRawIterator<'_>, prefix: &[u8]) -> KvsResult<Option<Value>> {
+    match (iter.key(), iter.value()) {
+        (Some(k), Some(v)) if k.starts_with(prefix) => {
+            let ts = keys::ts_of(k, prefix.len()).ok_or_else(|| KvsError::Corruption {
+                detail: format!("malformed version key {}", k.escape_ascii()),
+            })?;
+            Ok(Some(Value::new(v, ts)))
+        }
+        _ => {
+            iter.status().map_err(storage)?;
+            Ok(None)
+        }
+    }
+}
+
+fn load_catalog(db: &DB) -> KvsResult<BTreeMap<TableRef, TableInfo>> {
+    let mut tables = BTreeMap::new();
+    let mut iter = db.raw_iterator();
+    iter.seek(keys::CATALOG_TABLE_PREFIX);
+    while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+        let Some(name) = k.strip_prefix(keys::CATALOG_TABLE_PREFIX) else {
+            break;
+        };
+        let corrupt = || KvsError::Corruption {
+            detail: format!("malformed catalogue entry for {}", name.escape_ascii()),
+        };
+        let name = std::str::from_utf8(name).map_err(|_| corrupt())?;
+        let table = TableRef::parse(name).map_err(|_| corrupt())?;
+        let id: [u8; 4] = v
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(corrupt)?;
+        tables.insert(
+            table,
+            TableInfo {
+                id: u32::from_be_bytes(id),
+                metadata: v[4..].to_vec(),
+            },
+        );
+        iter.next();
+    }
+    iter.status().map_err(storage)?;
+    Ok(tables)
+}
+
+fn catalog_value(id: u32, metadata: &[u8]) -> Vec<u8> {
+    let mut v = id.to_be_bytes().to_vec();
+    v.extend_from_slice(metadata);
+    v
+}
+
+impl KeyValueService for RocksDbKvs {
+    fn backend_name(&self) -> &'static str {
+        "rocksdb"
+    }
+
+    fn create_table(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()> {
+        let _catalog = self.catalog_lock.lock().map_err(|_| poisoned())?;
+        let existing = self
+            .tables
+            .read()
+            .map_err(|_| poisoned())?
+            .get(table)
+            .map(|t| t.id);
+        let mut batch = WriteBatch::default();
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let next = match self.db.get(keys::NEXT_TABLE_ID_KEY).map_err(storage)? {
+                    Some(b) => u32::from_be_bytes(b.as_slice().try_into().map_err(|_| {
+                        KvsError::Corruption {
+                            detail: "malformed next-table-id record".to_owned(),
+                        }
+                    })?),
+                    None => 0,
+                };
+                let after = next.checked_add(1).ok_or_else(|| KvsError::Storage {
+                    detail: "table ids exhausted".to_owned(),
+                })?;
+                batch.put(keys::NEXT_TABLE_ID_KEY, after.to_be_bytes());
+                next
+            }
+        };
+        batch.put(
+            keys::catalog_key(&table.qualified_name()),
+            catalog_value(id, metadata),
+        );
+        self.write(batch, true)?;
+        self.tables.write().map_err(|_| poisoned())?.insert(
+            table.clone(),
+            TableInfo {
+                id,
+                metadata: metadata.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    fn drop_table(&self, table: &TableRef) -> KvsResult<()> {
+        let _catalog = self.catalog_lock.lock().map_err(|_| poisoned())?;
+        let Ok(id) = self.table_id(table) else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::default();
+        batch.delete(keys::catalog_key(&table.qualified_name()));
+        batch.delete_range(keys::table_start(id), keys::table_end(id));
+        self.write(batch, true)?;
+        self.tables.write().map_err(|_| poisoned())?.remove(table);
+        Ok(())
+    }
+
+    fn truncate_table(&self, table: &TableRef) -> KvsResult<()> {
+        let id = self.table_id(table)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range(keys::table_start(id), keys::table_end(id));
+        self.write(batch, true)
+    }
+
+    fn list_tables(&self) -> KvsResult<Vec<TableRef>> {
+        Ok(self
+            .tables
+            .read()
+            .map_err(|_| poisoned())?
+            .keys()
+            .cloned()
+            .collect())
+    }
+
+    fn table_metadata(&self, table: &TableRef) -> KvsResult<Vec<u8>> {
+        self.tables
+            .read()
+            .map_err(|_| poisoned())?
+            .get(table)
+            .map(|t| t.metadata.clone())
+            .ok_or_else(|| KvsError::TableNotFound {
+                table: table.clone(),
+            })
+    }
+
+    fn put_table_metadata(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()> {
+        self.table_id(table)?;
+        self.create_table(table, metadata)
+    }
+
+    fn get(
+        &self,
+        table: &TableRef,
+        cells: &[(Cell, Timestamp)],
+    ) -> KvsResult<BTreeMap<Cell, Value>> {
+        for (_, ts) in cells {
+            validate_read_ts(*ts)?;
+        }
+        let id = self.table_id(table)?;
+        let mut iter = self.iter();
+        let mut out = BTreeMap::new();
+        for (cell, ts) in cells {
+            if let Some(v) = Self::latest_below(&mut iter, id, cell, *ts)? {
+                out.insert(cell.clone(), v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_rows(
+        &self,
+        table: &TableRef,
+        rows: &[Vec<u8>],
+        columns: &ColumnSelection,
+        ts: Timestamp,
+    ) -> KvsResult<BTreeMap<Cell, Value>> {
+        validate_read_ts(ts)?;
+        let id = self.table_id(table)?;
+        let mut iter = self.iter();
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let prefix = keys::row_prefix(id, row);
+            iter.seek(&prefix);
+            if let Some(result) = collect_row(&mut iter, &prefix, columns, ts)? {
+                for (column, value) in result.columns {
+                    out.insert(Cell::new(row.clone(), column)?, value);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_range<'a>(
+        &'a self,
+        table: &TableRef,
+        request: &RangeRequest,
+        ts: Timestamp,
+    ) -> KvsResult<RowIter<'a>> {
+        validate_read_ts(ts)?;
+        let id = self.table_id(table)?;
+        Ok(Box::new(RocksRangeIter::new(&self.db, id, request, ts)))
+    }
+
+    fn get_rows_column_range<'a>(
+        &'a self,
+        table: &TableRef,
+        rows: &[Vec<u8>],
+        columns: &ColumnRange,
+        ts: Timestamp,
+    ) -> KvsResult<CellIter<'a>> {
+        validate_read_ts(ts)?;
+        let id = self.table_id(table)?;
+        Ok(Box::new(ColumnRangeIter::new(
+            self.iter(),
+            id,
+            rows.to_vec(),
+            columns.clone(),
+            ts,
+        )))
+    }
+
+    fn get_latest_timestamps(
+        &self,
+        table: &TableRef,
+        cells: &[(Cell, Timestamp)],
+    ) -> KvsResult<BTreeMap<Cell, Timestamp>> {
+        Ok(self
+            .get(table, cells)?
+            .into_iter()
+            .map(|(c, v)| (c, v.timestamp))
+            .collect())
+    }
+
+    fn get_all_timestamps(
+        &self,
+        table: &TableRef,
+        cells: &[Cell],
+        ts: Timestamp,
+    ) -> KvsResult<BTreeMap<Cell, Vec<Timestamp>>> {
+        validate_read_ts(ts)?;
+        let id = self.table_id(table)?;
+        let mut iter = self.iter();
+        let mut out = BTreeMap::new();
+        for cell in cells {
+            let prefix = keys::cell_prefix(id, cell.row(), cell.column());
+            iter.seek(keys::with_ts(&prefix, ts - 1));
+            let mut all = Vec::new();
+            while let Some(v) = read_version(&iter, &prefix)? {
+                all.push(v.timestamp);
+                iter.next();
+            }
+            if !all.is_empty() {
+                all.reverse();
+                out.insert(cell.clone(), all);
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_candidate_cells_for_sweeping(
+        &self,
+        table: &TableRef,
+        request: &CandidateCellsRequest,
+    ) -> KvsResult<CandidatePage> {
+        validate_read_ts(request.max_ts_exclusive)?;
+        let id = self.table_id(table)?;
+        let batch = request.batch_size.max(1);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::table_end(id));
+        let mut iter = self.db.raw_iterator_opt(opts);
+        match &request.start {
+            Some(c) => iter.seek(keys::cell_prefix(id, c.row(), c.column())),
+            None => iter.seek(keys::table_start(id)),
+        }
+        let mut cells = Vec::new();
+        // The cell being collected: its decoded key and versions below the bound (newest first).
+        let mut current: Option<(DecodedKey, Vec<(Timestamp, bool)>)> = None;
+        loop {
+            let key = match iter.key() {
+                Some(k) => keys::decode(k)?,
+                None => {
+                    iter.status().map_err(storage)?;
+                    break;
+                }
+            };
+            let same_cell = current
+                .as_ref()
+                .is_some_and(|(c, _)| c.row == key.row && c.column == key.column);
+            if !same_cell {
+                if let Some((done, versions)) = current.take() {
+                    if let Some(c) = candidate(done, versions, request)? {
+                        cells.push(c);
+                    }
+                }
+                if cells.len() == batch {
+                    return Ok(CandidatePage {
+                        cells,
+                        next_start: Some(Cell::new(key.row, key.column)?),
+                    });
+                }
+            }
+            let is_empty = iter.value().is_some_and(<[u8]>::is_empty);
+            let below = key.ts < request.max_ts_exclusive;
+            let entry = current.get_or_insert_with(|| (key, Vec::new()));
+            if below {
+                entry
+                    .1
+                    .push((entry_ts(&iter, entry.0.cell_prefix_len)?, is_empty));
+            }
+            iter.next();
+        }
+        if let Some((done, versions)) = current.take() {
+            if let Some(c) = candidate(done, versions, request)? {
+                cells.push(c);
+            }
+        }
+        Ok(CandidatePage {
+            cells,
+            next_start: None,
+        })
+    }
+
+    fn put(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)], ts: Timestamp) -> KvsResult<()> {
+        validate_version_ts(ts, false)?;
+        let id = self.table_id(table)?;
+        let mut batch = WriteBatch::default();
+        self.add_puts(
+            &mut batch,
+            table,
+            id,
+            writes.iter().map(|(c, v)| (c, ts, v.as_slice())),
+        )?;
+        self.write(batch, false)
+    }
+
+    fn multi_put(&self, writes: &[(TableRef, CellWrites)], ts: Timestamp) -> KvsResult<()> {
+        validate_version_ts(ts, false)?;
+        let ids = writes
+            .iter()
+            .map(|(t, _)| self.table_id(t))
+            .collect::<KvsResult<Vec<u32>>>()?;
+        let mut batch = WriteBatch::default();
+        for ((table, cells), id) in writes.iter().zip(ids) {
+            self.add_puts(
+                &mut batch,
+                table,
+                id,
+                cells.iter().map(|(c, v)| (c, ts, v.as_slice())),
+            )?;
+        }
+        self.write(batch, false)
+    }
+
+    fn put_with_timestamps(&self, table: &TableRef, values: &[(Cell, Value)]) -> KvsResult<()> {
+        for (_, v) in values {
+            validate_version_ts(v.timestamp, true)?;
+        }
+        let id = self.table_id(table)?;
+        let mut batch = WriteBatch::default();
+        self.add_puts(
+            &mut batch,
+            table,
+            id,
+            values
+                .iter()
+                .map(|(c, v)| (c, v.timestamp, v.contents.as_slice())),
+        )?;
+        self.write(batch, false)
+    }
+
+    fn put_unless_exists(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)]) -> KvsResult<()> {
+        let id = self.table_id(table)?;
+        let _guards = self.lock_cells(writes.iter().map(|(c, _)| c))?;
+        let mut batch = WriteBatch::default();
+        let mut existing = Vec::new();
+        for (cell, value) in writes {
+            let key = keys::version_key(id, cell, ATOMIC_TS);
+            if self.db.get_pinned(&key).map_err(storage)?.is_some() {
+                existing.push(cell.clone());
+            }
+            batch.put(key, value);
+        }
+        if !existing.is_empty() {
+            return Err(KvsError::KeyAlreadyExists {
+                table: table.clone(),
+                cells: existing,
+            });
+        }
+        self.write(batch, true)
+    }
+
+    fn check_and_set(&self, table: &TableRef, request: &CheckAndSetRequest) -> KvsResult<()> {
+        let id = self.table_id(table)?;
+        let _guards = self.lock_cells(std::iter::once(&request.cell))?;
+        let key = keys::version_key(id, &request.cell, ATOMIC_TS);
+        let actual = self.db.get(&key).map_err(storage)?;
+        if actual != request.expected {
+            return Err(KvsError::CheckAndSetFailed {
+                table: table.clone(),
+                cell: request.cell.clone(),
+                expected: request.expected.clone(),
+                actual,
+            });
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(key, &request.new_value);
+        self.write(batch, true)
+    }
+
+    fn delete(&self, table: &TableRef, versions: &[(Cell, Timestamp)]) -> KvsResult<()> {
+        let id = self.table_id(table)?;
+        let mut batch = WriteBatch::default();
+        for (cell, ts) in versions {
+            batch.delete(keys::version_key(id, cell, *ts));
+        }
+        self.write(batch, false)
+    }
+
+    fn delete_range(&self, table: &TableRef, rows: &RowRange) -> KvsResult<()> {
+        let id = self.table_id(table)?;
+        let start = if rows.start.is_empty() {
+            keys::table_start(id)
+        } else {
+            keys::row_prefix(id, &rows.start)
+        };
+        let end = if rows.end.is_empty() {
+            keys::table_end(id)
+        } else {
+            keys::row_prefix(id, &rows.end)
+        };
+        if start >= end {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range(start, end);
+        self.write(batch, false)
+    }
+
+    fn delete_all_timestamps(
+        &self,
+        table: &TableRef,
+        deletes: &[(Cell, TimestampRangeDelete)],
+    ) -> KvsResult<()> {
+        let id = self.table_id(table)?;
+        let mut iter = self.iter();
+        let mut batch = WriteBatch::default();
+        for (cell, range) in deletes {
+            let (min, max) = range.bounds();
+            let prefix = keys::cell_prefix(id, cell.row(), cell.column());
+            // Versions are newest first: start at `max`, stop below `min`. Point deletes (not a
+            // range tombstone per cell) keep later reads fast without waiting for compaction.
+            iter.seek(keys::with_ts(&prefix, max));
+            while let Some(v) = read_version(&iter, &prefix)? {
+                if v.timestamp < min {
+                    break;
+                }
+                batch.delete(keys::with_ts(&prefix, v.timestamp));
+                iter.next();
+            }
+        }
+        self.write(batch, false)
+    }
+
+    fn add_garbage_collection_sentinel_values(
+        &self,
+        table: &TableRef,
+        cells: &[Cell],
+    ) -> KvsResult<()> {
+        let id = self.table_id(table)?;
+        let mut batch = WriteBatch::default();
+        for cell in cells {
+            let key = keys::version_key(id, cell, SWEEP_SENTINEL_TS);
+            if self.db.get_pinned(&key).map_err(storage)?.is_none() {
+                batch.put(key, []);
+            }
+        }
+        self.write(batch, false)
+    }
+
+    fn checkpoint(&self, dir: &Path) -> KvsResult<()> {
+        if dir.exists() {
+            return Err(KvsError::Storage {
+                detail: format!(
+                    "checkpoint target {} already exists; choose a new directory",
+                    dir.display()
+                ),
+            });
+        }
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(|e| KvsError::Storage {
+                detail: format!("checkpoint into {} failed: {e}", dir.display()),
+            })
+    }
+}
+
+fn entry_ts(iter: &DBRawIterator<'_>, prefix_len: usize) -> KvsResult<Timestamp> {
+    iter.key()
+        .and_then(|k| keys::ts_of(k, prefix_len))
+        .ok_or_else(|| KvsError::Corruption {
+            detail: "version key vanished under the iterator".to_owned(),
+        })
+}
+
+/// Builds a sweep candidate from a cell's versions below the bound (newest first).
+fn candidate(
+    key: DecodedKey,
+    versions: Vec<(Timestamp, bool)>,
+    request: &CandidateCellsRequest,
+) -> KvsResult<Option<CandidateCell>> {
+    let Some(&(_, latest_is_empty)) = versions.first() else {
+        return Ok(None);
+    };
+    let mut timestamps: Vec<Timestamp> = versions
+        .into_iter()
+        .map(|(ts, _)| ts)
+        .filter(|ts| request.include_sentinels || *ts != SWEEP_SENTINEL_TS)
+        .collect();
+    if timestamps.is_empty() {
+        return Ok(None);
+    }
+    timestamps.reverse();
+    Ok(Some(CandidateCell {
+        cell: Cell::new(key.row, key.column)?,
+        timestamps,
+        latest_is_empty,
+    }))
+}

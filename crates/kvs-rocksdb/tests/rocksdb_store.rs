@@ -1,0 +1,155 @@
+//! Behaviour specific to the RocksDB backend: persistence, exclusive ownership of the data
+//! directory across processes, and live checkpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ortelius_kvs::{Cell, KeyValueService, KvsError, RangeRequest, TableRef, MAX_READ_TS};
+use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+
+fn open(dir: &std::path::Path) -> RocksDbKvs {
+    RocksDbKvs::open(dir, &RocksDbConfig::default()).unwrap()
+}
+
+#[test]
+fn tables_and_data_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TableRef::new("app", "accounts").unwrap();
+    let c = Cell::new("alice", "balance").unwrap();
+    {
+        let kvs = open(dir.path());
+        kvs.create_table(&t, b"meta").unwrap();
+        kvs.put(&t, &[(c.clone(), b"100".to_vec())], 5).unwrap();
+        kvs.put_unless_exists(&t, &[(Cell::new("tx", "5").unwrap(), b"6".to_vec())])
+            .unwrap();
+    }
+    let kvs = open(dir.path());
+    assert_eq!(kvs.list_tables().unwrap(), vec![t.clone()]);
+    assert_eq!(kvs.table_metadata(&t).unwrap(), b"meta");
+    assert_eq!(kvs.get(&t, &[(c.clone(), 6)]).unwrap()[&c].contents, b"100");
+    // Table ids are not reused after a drop: a new table never sees old data.
+    kvs.drop_table(&t).unwrap();
+    let u = TableRef::new("app", "other").unwrap();
+    kvs.create_table(&u, b"").unwrap();
+    assert!(kvs.get(&u, &[(c.clone(), MAX_READ_TS)]).unwrap().is_empty());
+}
+
+#[test]
+fn second_open_in_same_process_fails_naming_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    match RocksDbKvs::open(dir.path(), &RocksDbConfig::default()) {
+        Err(err @ KvsError::StoreLocked { .. }) => {
+            assert!(
+                err.to_string().contains(&dir.path().display().to_string()),
+                "{err}"
+            );
+        }
+        Err(other) => panic!("expected StoreLocked, got {other}"),
+        Ok(_) => panic!("a second handle opened the same store"),
+    }
+}
+
+/// Run by `second_process_cannot_open_an_open_store` in a child process: opens the store named
+/// by `ORTELIUS_HOLD_STORE`, says so, and keeps it open until stdin closes.
+#[test]
+fn hold_store_open_helper() {
+    let Ok(dir) = std::env::var("ORTELIUS_HOLD_STORE") else {
+        return;
+    };
+    let _kvs = open(std::path::Path::new(&dir));
+    println!("OPENED");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+#[test]
+fn second_process_cannot_open_an_open_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "hold_store_open_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ORTELIUS_HOLD_STORE", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut opened = false;
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        if line.contains("OPENED") {
+            opened = true;
+            break;
+        }
+        line.clear();
+    }
+    assert!(opened, "child never opened the store");
+    let result = RocksDbKvs::open(dir.path(), &RocksDbConfig::default());
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    match result {
+        Err(KvsError::StoreLocked { dir: locked, .. }) => assert_eq!(locked, dir.path()),
+        Err(other) => panic!("expected StoreLocked, got {other}"),
+        Ok(_) => panic!("opened a store another process holds"),
+    }
+    // Once the other process is gone, the store opens.
+    open(dir.path());
+}
+
+#[test]
+fn checkpoint_of_a_live_store_is_a_consistent_openable_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvs = open(&dir.path().join("live"));
+    let t = TableRef::new("app", "seq").unwrap();
+    kvs.create_table(&t, b"").unwrap();
+    let stop = AtomicBool::new(false);
+    let checkpoint_dir = dir.path().join("checkpoint");
+    std::thread::scope(|s| {
+        // One writer appends rows 0, 1, 2, ... each in its own write, in order.
+        let writer = s.spawn(|| {
+            let mut i: u32 = 0;
+            while !stop.load(Ordering::SeqCst) || i < 2000 {
+                let c = Cell::new(i.to_be_bytes(), "v").unwrap();
+                kvs.put(&t, &[(c, i.to_be_bytes().to_vec())], 1).unwrap();
+                i += 1;
+            }
+            i
+        });
+        while kvs.get_range(&t, &RangeRequest::all(), 2).unwrap().count() < 500 {
+            std::thread::yield_now();
+        }
+        kvs.checkpoint(&checkpoint_dir).unwrap();
+        stop.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+    });
+    let total = kvs.get_range(&t, &RangeRequest::all(), 2).unwrap().count();
+    drop(kvs);
+    let copy = open(&checkpoint_dir);
+    let rows: Vec<u32> = copy
+        .get_range(&t, &RangeRequest::all(), 2)
+        .unwrap()
+        .map(|r| u32::from_be_bytes(r.unwrap().row.try_into().unwrap()))
+        .collect();
+    assert!(
+        rows.len() >= 500 && rows.len() <= total,
+        "{} of {total}",
+        rows.len()
+    );
+    // A point-in-time copy of sequential writes is a prefix: no gaps.
+    assert!(rows.iter().enumerate().all(|(i, r)| *r as usize == i));
+    assert!(
+        matches!(
+            copy.checkpoint(&checkpoint_dir),
+            Err(KvsError::Storage { .. })
+        ),
+        "existing target refused"
+    );
+}

@@ -1,0 +1,19 @@
+//! The key-value-store contract of Ortelius.
+//!
+//! Everything above storage sees a store only through [`KeyValueService`]: a multi-version map
+//! `(table, row, column, timestamp) -> bytes` with AtlasDB's semantics (exclusive read bounds,
+//! empty value = tombstone, ts -1 = sweep sentinel, atomic tables at ts 0). This crate depends
+//! on no storage engine. It also holds the in-memory backend ([`memory::MemoryKvs`]) and, behind
+//! the `conformance` feature, the one conformance suite every backend runs.
+
+mod error;
+pub mod memory;
+mod service;
+mod types;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{KvsError, KvsResult};
+pub use service::{CellIter, KeyValueService, RowIter};
+pub use types::*;

@@ -1,0 +1,136 @@
+//! The `KeyValueService` trait: AtlasDB's multi-version store contract.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::KvsResult;
+use crate::types::{
+    CandidateCellsRequest, CandidatePage, Cell, CellWrites, CheckAndSetRequest, ColumnRange,
+    ColumnSelection, RangeRequest, RowRange, RowResult, TableRef, Timestamp, TimestampRangeDelete,
+    Value,
+};
+
+/// A streaming row iterator; rows are produced as the caller pulls, never the whole table at once.
+pub type RowIter<'a> = Box<dyn Iterator<Item = KvsResult<RowResult>> + Send + 'a>;
+/// A streaming cell iterator.
+pub type CellIter<'a> = Box<dyn Iterator<Item = KvsResult<(Cell, Value)>> + Send + 'a>;
+
+/// A multi-version map `(table, row, column, timestamp) -> bytes`.
+///
+/// Semantics every backend must share (checked by the conformance suite):
+/// - Every read takes an **exclusive** timestamp bound and returns, per cell, the version with
+///   the largest timestamp strictly below it. Absent cells are absent from results.
+/// - An empty value is a tombstone; an empty value at ts -1 is a sweep sentinel.
+/// - Operations on a table that does not exist fail with `TableNotFound`.
+/// - Every argument is validated before anything is written; a failed call writes nothing
+///   (except where a method says it is not atomic across cells).
+/// - Returned bytes are copies: callers may not observe later writes through them.
+pub trait KeyValueService: Send + Sync {
+    /// A short name for messages ("memory", "rocksdb", ...).
+    fn backend_name(&self) -> &'static str;
+
+    /// Creates the table if absent (idempotent) and stores `metadata` for it.
+    fn create_table(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()>;
+    /// Drops the table, its data and its metadata; dropping a missing table is a no-op.
+    fn drop_table(&self, table: &TableRef) -> KvsResult<()>;
+    /// Removes every version in the table, keeping the table and its metadata.
+    fn truncate_table(&self, table: &TableRef) -> KvsResult<()>;
+    /// Every table, sorted.
+    fn list_tables(&self) -> KvsResult<Vec<TableRef>>;
+    /// The metadata bytes stored with the table.
+    fn table_metadata(&self, table: &TableRef) -> KvsResult<Vec<u8>>;
+    /// Replaces the table's metadata.
+    fn put_table_metadata(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()>;
+
+    /// For each `(cell, bound)`, the latest version with timestamp `< bound`.
+    fn get(
+        &self,
+        table: &TableRef,
+        cells: &[(Cell, Timestamp)],
+    ) -> KvsResult<BTreeMap<Cell, Value>>;
+    /// The latest version `< ts` of every selected cell of each row.
+    fn get_rows(
+        &self,
+        table: &TableRef,
+        rows: &[Vec<u8>],
+        columns: &ColumnSelection,
+        ts: Timestamp,
+    ) -> KvsResult<BTreeMap<Cell, Value>>;
+    /// Streams rows of a row range with the latest version `< ts` of each selected cell.
+    /// Rows with no selected visible cell are skipped.
+    fn get_range<'a>(
+        &'a self,
+        table: &TableRef,
+        request: &RangeRequest,
+        ts: Timestamp,
+    ) -> KvsResult<RowIter<'a>>;
+    /// Streams, for each row in caller order, the cells of a column range (columns ascending)
+    /// with their latest version `< ts`.
+    fn get_rows_column_range<'a>(
+        &'a self,
+        table: &TableRef,
+        rows: &[Vec<u8>],
+        columns: &ColumnRange,
+        ts: Timestamp,
+    ) -> KvsResult<CellIter<'a>>;
+    /// Like [`get`](Self::get) but returns only the timestamp of the version found.
+    fn get_latest_timestamps(
+        &self,
+        table: &TableRef,
+        cells: &[(Cell, Timestamp)],
+    ) -> KvsResult<BTreeMap<Cell, Timestamp>>;
+    /// Every version timestamp `< ts` of each cell, ascending; cells without any are absent.
+    fn get_all_timestamps(
+        &self,
+        table: &TableRef,
+        cells: &[Cell],
+        ts: Timestamp,
+    ) -> KvsResult<BTreeMap<Cell, Vec<Timestamp>>>;
+    /// One page of cells having versions below `request.max_ts_exclusive`, in cell order.
+    fn get_candidate_cells_for_sweeping(
+        &self,
+        table: &TableRef,
+        request: &CandidateCellsRequest,
+    ) -> KvsResult<CandidatePage>;
+
+    /// Writes every cell at `ts` (`0..i64::MAX`). Rewriting the identical value is fine; a
+    /// different value already at a cell and `ts` fails with `ValueAlreadyWritten` and writes
+    /// nothing. Durable when it returns, as configured by the backend.
+    fn put(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)], ts: Timestamp) -> KvsResult<()>;
+    /// [`put`](Self::put) into several tables at once, all-or-nothing.
+    fn multi_put(&self, writes: &[(TableRef, CellWrites)], ts: Timestamp) -> KvsResult<()>;
+    /// Writes values at their own timestamps (`0..i64::MAX` or the sentinel -1), same rules as
+    /// [`put`](Self::put).
+    fn put_with_timestamps(&self, table: &TableRef, values: &[(Cell, Value)]) -> KvsResult<()>;
+    /// Atomically per cell, writes each value at ts 0 unless the cell has a ts-0 version. Among
+    /// concurrent callers on a cell exactly one wins. If any cell exists (even with an identical
+    /// value) nothing is written and `KeyAlreadyExists` names the existing cells.
+    fn put_unless_exists(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)]) -> KvsResult<()>;
+    /// Atomic compare-and-set of one cell at ts 0; `CheckAndSetFailed` carries the actual value.
+    fn check_and_set(&self, table: &TableRef, request: &CheckAndSetRequest) -> KvsResult<()>;
+    /// Deletes exact versions; absent versions are ignored.
+    fn delete(&self, table: &TableRef, versions: &[(Cell, Timestamp)]) -> KvsResult<()>;
+    /// Deletes every version of every cell in a row range.
+    fn delete_range(&self, table: &TableRef, rows: &RowRange) -> KvsResult<()>;
+    /// Deletes the versions of each cell within [`TimestampRangeDelete::bounds`].
+    fn delete_all_timestamps(
+        &self,
+        table: &TableRef,
+        deletes: &[(Cell, TimestampRangeDelete)],
+    ) -> KvsResult<()>;
+    /// Writes an empty value at ts -1 for each cell that has none yet (idempotent).
+    fn add_garbage_collection_sentinel_values(
+        &self,
+        table: &TableRef,
+        cells: &[Cell],
+    ) -> KvsResult<()>;
+
+    /// Writes a consistent, openable copy of the live store into `dir` (which must not exist).
+    fn checkpoint(&self, dir: &Path) -> KvsResult<()> {
+        let _ = dir;
+        Err(crate::KvsError::Unsupported {
+            operation: "checkpoint",
+            backend: self.backend_name(),
+        })
+    }
+}
