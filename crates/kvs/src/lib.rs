@@ -13,6 +13,8 @@ mod types;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{KvsError, KvsResult};
 pub use service::{CellIter, KeyValueService, RowIter};

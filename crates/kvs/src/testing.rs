@@ -1,0 +1,276 @@
+//! Test support: a [`KeyValueService`] wrapper that records every call and injects faults.
+//! Protocol tests use the trace to pin the order of steps and the faults to reach failure
+//! paths (a storage error, or an error *after* the write happened — "outcome unknown").
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::{
+    CandidateCellsRequest, CandidatePage, Cell, CellIter, CellWrites, CheckAndSetRequest,
+    ColumnRange, ColumnSelection, KeyValueService, KvsError, KvsResult, RangeRequest, RowIter,
+    RowRange, TableRef, Timestamp, TimestampRangeDelete, Value,
+};
+
+/// When an injected fault fires relative to the real call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultTiming {
+    /// Fail without calling the store.
+    Before,
+    /// Call the store, then report failure anyway (the caller cannot know it worked).
+    After,
+}
+
+#[derive(Clone, Debug)]
+struct Fault {
+    op: &'static str,
+    table: Option<String>,
+    timing: FaultTiming,
+    remaining: usize,
+}
+
+/// One recorded call: operation name and qualified table name ("" for none).
+pub type Call = (&'static str, String);
+
+/// Wraps a store, recording calls and injecting faults.
+pub struct RecordingKvs {
+    inner: Arc<dyn KeyValueService>,
+    calls: Mutex<Vec<Call>>,
+    faults: Mutex<Vec<Fault>>,
+}
+
+impl RecordingKvs {
+    pub fn new(inner: Arc<dyn KeyValueService>) -> Self {
+        Self {
+            inner,
+            calls: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The calls so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Forgets recorded calls.
+    pub fn clear_calls(&self) {
+        if let Ok(mut c) = self.calls.lock() {
+            c.clear();
+        }
+    }
+
+    /// Makes the next `times` calls of `op` (on `table`, if given) fail.
+    pub fn inject(
+        &self,
+        op: &'static str,
+        table: Option<&TableRef>,
+        timing: FaultTiming,
+        times: usize,
+    ) {
+        if let Ok(mut f) = self.faults.lock() {
+            f.push(Fault {
+                op,
+                table: table.map(TableRef::qualified_name),
+                timing,
+                remaining: times,
+            });
+        }
+    }
+
+    fn take_fault(&self, op: &'static str, table: &str, timing: FaultTiming) -> bool {
+        let Ok(mut faults) = self.faults.lock() else {
+            return false;
+        };
+        for f in faults.iter_mut() {
+            if f.op == op
+                && f.timing == timing
+                && f.remaining > 0
+                && f.table.as_deref().is_none_or(|t| t == table)
+            {
+                f.remaining -= 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn call<R>(
+        &self,
+        op: &'static str,
+        table: Option<&TableRef>,
+        f: impl FnOnce() -> KvsResult<R>,
+    ) -> KvsResult<R> {
+        let name = table.map(TableRef::qualified_name).unwrap_or_default();
+        if let Ok(mut c) = self.calls.lock() {
+            c.push((op, name.clone()));
+        }
+        let injected = || KvsError::Storage {
+            detail: format!("injected fault in {op} on {name}"),
+        };
+        if self.take_fault(op, &name, FaultTiming::Before) {
+            return Err(injected());
+        }
+        let result = f()?;
+        if self.take_fault(op, &name, FaultTiming::After) {
+            return Err(injected());
+        }
+        Ok(result)
+    }
+}
+
+impl KeyValueService for RecordingKvs {
+    fn backend_name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+    fn create_table(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()> {
+        self.call("create_table", Some(table), || {
+            self.inner.create_table(table, metadata)
+        })
+    }
+    fn drop_table(&self, table: &TableRef) -> KvsResult<()> {
+        self.call("drop_table", Some(table), || self.inner.drop_table(table))
+    }
+    fn truncate_table(&self, table: &TableRef) -> KvsResult<()> {
+        self.call("truncate_table", Some(table), || {
+            self.inner.truncate_table(table)
+        })
+    }
+    fn list_tables(&self) -> KvsResult<Vec<TableRef>> {
+        self.call("list_tables", None, || self.inner.list_tables())
+    }
+    fn table_metadata(&self, table: &TableRef) -> KvsResult<Vec<u8>> {
+        self.call("table_metadata", Some(table), || {
+            self.inner.table_metadata(table)
+        })
+    }
+    fn put_table_metadata(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()> {
+        self.call("put_table_metadata", Some(table), || {
+            self.inner.put_table_metadata(table, metadata)
+        })
+    }
+    fn get(
+        &self,
+        table: &TableRef,
+        cells: &[(Cell, Timestamp)],
+    ) -> KvsResult<BTreeMap<Cell, Value>> {
+        self.call("get", Some(table), || self.inner.get(table, cells))
+    }
+    fn get_rows(
+        &self,
+        table: &TableRef,
+        rows: &[Vec<u8>],
+        columns: &ColumnSelection,
+        ts: Timestamp,
+    ) -> KvsResult<BTreeMap<Cell, Value>> {
+        self.call("get_rows", Some(table), || {
+            self.inner.get_rows(table, rows, columns, ts)
+        })
+    }
+    fn get_range<'a>(
+        &'a self,
+        table: &TableRef,
+        request: &RangeRequest,
+        ts: Timestamp,
+    ) -> KvsResult<RowIter<'a>> {
+        self.call("get_range", Some(table), || {
+            self.inner.get_range(table, request, ts)
+        })
+    }
+    fn get_rows_column_range<'a>(
+        &'a self,
+        table: &TableRef,
+        rows: &[Vec<u8>],
+        columns: &ColumnRange,
+        ts: Timestamp,
+    ) -> KvsResult<CellIter<'a>> {
+        self.call("get_rows_column_range", Some(table), || {
+            self.inner.get_rows_column_range(table, rows, columns, ts)
+        })
+    }
+    fn get_latest_timestamps(
+        &self,
+        table: &TableRef,
+        cells: &[(Cell, Timestamp)],
+    ) -> KvsResult<BTreeMap<Cell, Timestamp>> {
+        self.call("get_latest_timestamps", Some(table), || {
+            self.inner.get_latest_timestamps(table, cells)
+        })
+    }
+    fn get_all_timestamps(
+        &self,
+        table: &TableRef,
+        cells: &[Cell],
+        ts: Timestamp,
+    ) -> KvsResult<BTreeMap<Cell, Vec<Timestamp>>> {
+        self.call("get_all_timestamps", Some(table), || {
+            self.inner.get_all_timestamps(table, cells, ts)
+        })
+    }
+    fn get_candidate_cells_for_sweeping(
+        &self,
+        table: &TableRef,
+        request: &CandidateCellsRequest,
+    ) -> KvsResult<CandidatePage> {
+        self.call("get_candidate_cells_for_sweeping", Some(table), || {
+            self.inner.get_candidate_cells_for_sweeping(table, request)
+        })
+    }
+    fn put(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)], ts: Timestamp) -> KvsResult<()> {
+        self.call("put", Some(table), || self.inner.put(table, writes, ts))
+    }
+    fn multi_put(&self, writes: &[(TableRef, CellWrites)], ts: Timestamp) -> KvsResult<()> {
+        self.call("multi_put", writes.first().map(|(t, _)| t), || {
+            self.inner.multi_put(writes, ts)
+        })
+    }
+    fn put_with_timestamps(&self, table: &TableRef, values: &[(Cell, Value)]) -> KvsResult<()> {
+        self.call("put_with_timestamps", Some(table), || {
+            self.inner.put_with_timestamps(table, values)
+        })
+    }
+    fn put_unless_exists(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)]) -> KvsResult<()> {
+        self.call("put_unless_exists", Some(table), || {
+            self.inner.put_unless_exists(table, writes)
+        })
+    }
+    fn check_and_set(&self, table: &TableRef, request: &CheckAndSetRequest) -> KvsResult<()> {
+        self.call("check_and_set", Some(table), || {
+            self.inner.check_and_set(table, request)
+        })
+    }
+    fn delete(&self, table: &TableRef, versions: &[(Cell, Timestamp)]) -> KvsResult<()> {
+        self.call("delete", Some(table), || self.inner.delete(table, versions))
+    }
+    fn delete_range(&self, table: &TableRef, rows: &RowRange) -> KvsResult<()> {
+        self.call("delete_range", Some(table), || {
+            self.inner.delete_range(table, rows)
+        })
+    }
+    fn delete_all_timestamps(
+        &self,
+        table: &TableRef,
+        deletes: &[(Cell, TimestampRangeDelete)],
+    ) -> KvsResult<()> {
+        self.call("delete_all_timestamps", Some(table), || {
+            self.inner.delete_all_timestamps(table, deletes)
+        })
+    }
+    fn add_garbage_collection_sentinel_values(
+        &self,
+        table: &TableRef,
+        cells: &[Cell],
+    ) -> KvsResult<()> {
+        self.call(
+            "add_garbage_collection_sentinel_values",
+            Some(table),
+            || {
+                self.inner
+                    .add_garbage_collection_sentinel_values(table, cells)
+            },
+        )
+    }
+    fn checkpoint(&self, dir: &Path) -> KvsResult<()> {
+        self.call("checkpoint", None, || self.inner.checkpoint(dir))
+    }
+}

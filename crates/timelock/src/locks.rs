@@ -1,0 +1,341 @@
+//! The lock service: exclusive, leased locks on opaque descriptors, plus immutable-timestamp
+//! tracking.
+//!
+//! Descriptors of one request are acquired one by one in sorted order (as TimeLock does), so two
+//! requests can never wait for each other in a cycle. A granted token's locks are held until
+//! unlocked or until its lease runs out without a refresh; expired tokens are reclaimed lazily by
+//! whoever looks next.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ortelius_kvs::{Cell, TableRef, Timestamp};
+
+use crate::clock::{Clock, SystemClock};
+
+/// How long a token stays valid after its last refresh, by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(20);
+/// Longest single sleep while waiting, so lease expiry is noticed without a wake-up.
+const WAIT_SLICE: Duration = Duration::from_millis(20);
+
+/// What a lock protects: opaque bytes with constructors for the protocol's descriptors.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LockDescriptor(Vec<u8>);
+
+fn push_len_prefixed(out: &mut Vec<u8>, part: &[u8]) {
+    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    out.extend_from_slice(part);
+}
+
+impl LockDescriptor {
+    /// The lock on a whole row of a table (row-level conflict handlers, the transactions-table
+    /// row of a committing transaction).
+    pub fn row(table: &TableRef, row: &[u8]) -> Self {
+        let mut d = vec![b'R'];
+        push_len_prefixed(&mut d, table.qualified_name().as_bytes());
+        push_len_prefixed(&mut d, row);
+        Self(d)
+    }
+
+    /// The lock on one cell (cell-level conflict handlers).
+    pub fn cell(table: &TableRef, cell: &Cell) -> Self {
+        let mut d = vec![b'C'];
+        push_len_prefixed(&mut d, table.qualified_name().as_bytes());
+        push_len_prefixed(&mut d, cell.row());
+        push_len_prefixed(&mut d, cell.column());
+        Self(d)
+    }
+
+    /// A lock with a name (e.g. a maintenance job).
+    pub fn named(name: &str) -> Self {
+        let mut d = vec![b'N'];
+        d.extend_from_slice(name.as_bytes());
+        Self(d)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A grant of locks (or of an immutable-timestamp lock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LockToken(u64);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "timed out after {waited:?} waiting for a lock held by another transaction ({descriptor})"
+    )]
+    Timeout {
+        descriptor: String,
+        waited: Duration,
+    },
+    #[error("the lock service's state lock was poisoned by a panic")]
+    Poisoned,
+}
+
+/// Exclusive, leased locks and immutable-timestamp tracking.
+pub trait LockService: Send + Sync {
+    /// Takes every descriptor exclusively (sorted order), waiting up to `timeout` in total.
+    /// On timeout nothing stays held.
+    fn lock(
+        &self,
+        descriptors: &[LockDescriptor],
+        timeout: Duration,
+    ) -> Result<LockToken, LockError>;
+    /// Extends the leases of the tokens that are still valid and returns exactly those.
+    fn refresh(&self, tokens: &[LockToken]) -> Result<Vec<LockToken>, LockError>;
+    /// Releases tokens; returns the ones that were still held.
+    fn unlock(&self, tokens: &[LockToken]) -> Result<Vec<LockToken>, LockError>;
+    /// Waits until none of the descriptors is held, without taking them.
+    fn wait_for_locks(
+        &self,
+        descriptors: &[LockDescriptor],
+        timeout: Duration,
+    ) -> Result<(), LockError>;
+    /// Registers `ts` as the start guard of a write transaction (leased like a lock).
+    fn lock_immutable_timestamp(&self, ts: Timestamp) -> Result<LockToken, LockError>;
+    /// The smallest timestamp held by a valid immutable-timestamp lock, if any.
+    fn min_locked_timestamp(&self) -> Result<Option<Timestamp>, LockError>;
+}
+
+struct Grant {
+    descriptors: Vec<LockDescriptor>,
+    /// `None` while the token is still acquiring (not reapable then).
+    expires: Option<Instant>,
+    immutable_ts: Option<Timestamp>,
+}
+
+#[derive(Default)]
+struct State {
+    next_token: u64,
+    owners: HashMap<LockDescriptor, u64>,
+    grants: HashMap<u64, Grant>,
+    expiry: BTreeSet<(Instant, u64)>,
+    immutable: BTreeMap<Timestamp, usize>,
+}
+
+impl State {
+    fn new_token(&mut self, expires: Option<Instant>, immutable_ts: Option<Timestamp>) -> u64 {
+        self.next_token += 1;
+        let id = self.next_token;
+        self.grants.insert(
+            id,
+            Grant {
+                descriptors: Vec::new(),
+                expires,
+                immutable_ts,
+            },
+        );
+        if let Some(at) = expires {
+            self.expiry.insert((at, id));
+        }
+        if let Some(ts) = immutable_ts {
+            *self.immutable.entry(ts).or_default() += 1;
+        }
+        id
+    }
+
+    /// Removes a token and frees what it held; true if it existed.
+    fn release(&mut self, id: u64) -> bool {
+        let Some(grant) = self.grants.remove(&id) else {
+            return false;
+        };
+        if let Some(at) = grant.expires {
+            self.expiry.remove(&(at, id));
+        }
+        for d in grant.descriptors {
+            if self.owners.get(&d) == Some(&id) {
+                self.owners.remove(&d);
+            }
+        }
+        if let Some(ts) = grant.immutable_ts {
+            if let Some(n) = self.immutable.get_mut(&ts) {
+                *n -= 1;
+                if *n == 0 {
+                    self.immutable.remove(&ts);
+                }
+            }
+        }
+        true
+    }
+
+    /// Reclaims expired tokens; true if anything was freed.
+    fn reap(&mut self, now: Instant) -> bool {
+        let mut freed = false;
+        while let Some(&(at, id)) = self.expiry.first() {
+            if at > now {
+                break;
+            }
+            freed |= self.release(id);
+        }
+        freed
+    }
+}
+
+/// The in-process lock service (embedded mode).
+pub struct InProcessLockService {
+    state: Mutex<State>,
+    released: Condvar,
+    clock: Arc<dyn Clock>,
+    lease: Duration,
+}
+
+impl Default for InProcessLockService {
+    fn default() -> Self {
+        Self::new(Arc::new(SystemClock), DEFAULT_LEASE)
+    }
+}
+
+impl InProcessLockService {
+    pub fn new(clock: Arc<dyn Clock>, lease: Duration) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            released: Condvar::new(),
+            clock,
+            lease,
+        }
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>, LockError> {
+        self.state.lock().map_err(|_| LockError::Poisoned)
+    }
+
+    /// Reaps expired tokens and wakes waiters if that freed anything.
+    fn reap(&self, state: &mut State) {
+        if state.reap(self.clock.now()) {
+            self.released.notify_all();
+        }
+    }
+
+    fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, State>,
+        deadline: Instant,
+    ) -> Result<MutexGuard<'a, State>, LockError> {
+        let slice = deadline
+            .saturating_duration_since(Instant::now())
+            .min(WAIT_SLICE);
+        self.released
+            .wait_timeout(guard, slice)
+            .map(|(g, _)| g)
+            .map_err(|_| LockError::Poisoned)
+    }
+}
+
+fn describe(d: &LockDescriptor) -> String {
+    d.as_bytes().escape_ascii().to_string()
+}
+
+impl LockService for InProcessLockService {
+    fn lock(
+        &self,
+        descriptors: &[LockDescriptor],
+        timeout: Duration,
+    ) -> Result<LockToken, LockError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut sorted = descriptors.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let mut state = self.state()?;
+        let id = state.new_token(None, None);
+        for d in sorted {
+            loop {
+                self.reap(&mut state);
+                if !state.owners.contains_key(&d) {
+                    state.owners.insert(d.clone(), id);
+                    if let Some(grant) = state.grants.get_mut(&id) {
+                        grant.descriptors.push(d);
+                    }
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    state.release(id);
+                    self.released.notify_all();
+                    return Err(LockError::Timeout {
+                        descriptor: describe(&d),
+                        waited: started.elapsed(),
+                    });
+                }
+                state = self.wait(state, deadline)?;
+            }
+        }
+        let expires = self.clock.now() + self.lease;
+        if let Some(grant) = state.grants.get_mut(&id) {
+            grant.expires = Some(expires);
+        }
+        state.expiry.insert((expires, id));
+        Ok(LockToken(id))
+    }
+
+    fn refresh(&self, tokens: &[LockToken]) -> Result<Vec<LockToken>, LockError> {
+        let mut state = self.state()?;
+        self.reap(&mut state);
+        let expires = self.clock.now() + self.lease;
+        let mut valid = Vec::new();
+        for token in tokens {
+            let Some(grant) = state.grants.get_mut(&token.0) else {
+                continue;
+            };
+            let Some(old) = grant.expires.replace(expires) else {
+                continue;
+            };
+            state.expiry.remove(&(old, token.0));
+            state.expiry.insert((expires, token.0));
+            valid.push(*token);
+        }
+        Ok(valid)
+    }
+
+    fn unlock(&self, tokens: &[LockToken]) -> Result<Vec<LockToken>, LockError> {
+        let mut state = self.state()?;
+        self.reap(&mut state);
+        let released: Vec<LockToken> = tokens
+            .iter()
+            .copied()
+            .filter(|t| state.release(t.0))
+            .collect();
+        if !released.is_empty() {
+            self.released.notify_all();
+        }
+        Ok(released)
+    }
+
+    fn wait_for_locks(
+        &self,
+        descriptors: &[LockDescriptor],
+        timeout: Duration,
+    ) -> Result<(), LockError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut state = self.state()?;
+        loop {
+            self.reap(&mut state);
+            let Some(held) = descriptors.iter().find(|d| state.owners.contains_key(*d)) else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(LockError::Timeout {
+                    descriptor: describe(held),
+                    waited: started.elapsed(),
+                });
+            }
+            state = self.wait(state, deadline)?;
+        }
+    }
+
+    fn lock_immutable_timestamp(&self, ts: Timestamp) -> Result<LockToken, LockError> {
+        let mut state = self.state()?;
+        let expires = self.clock.now() + self.lease;
+        Ok(LockToken(state.new_token(Some(expires), Some(ts))))
+    }
+
+    fn min_locked_timestamp(&self) -> Result<Option<Timestamp>, LockError> {
+        let mut state = self.state()?;
+        self.reap(&mut state);
+        Ok(state.immutable.keys().next().copied())
+    }
+}
