@@ -70,13 +70,14 @@ pub(crate) fn row_prefix(table_id: u32, row: &[u8]) -> Vec<u8> {
 }
 
 /// The first key after every key of `row`.
+#[cfg(test)]
 pub(crate) fn row_end(table_id: u32, row: &[u8]) -> Vec<u8> {
     past_terminator(row_prefix(table_id, row))
 }
 
 /// Turns a prefix ending in the terminator `00 01` into `.. 00 02`: the first key after every
 /// key starting with that prefix (no escaped name continues with `00 02`).
-fn past_terminator(mut prefix: Vec<u8>) -> Vec<u8> {
+pub(crate) fn past_terminator(mut prefix: Vec<u8>) -> Vec<u8> {
     if let Some(last) = prefix.last_mut() {
         *last = 0x02;
     }
@@ -91,6 +92,7 @@ pub(crate) fn cell_prefix(table_id: u32, row: &[u8], column: &[u8]) -> Vec<u8> {
 }
 
 /// The first key after every version of a cell.
+#[cfg(test)]
 pub(crate) fn cell_end(table_id: u32, row: &[u8], column: &[u8]) -> Vec<u8> {
     past_terminator(cell_prefix(table_id, row, column))
 }

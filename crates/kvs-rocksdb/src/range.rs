@@ -67,11 +67,7 @@ pub(crate) fn collect_cells(
                 }
             }
         }
-        let mut cell_end = cell_prefix;
-        if let Some(last) = cell_end.last_mut() {
-            *last = 0x02;
-        }
-        advance_to(iter, &cell_end);
+        advance_to(iter, &keys::past_terminator(cell_prefix));
     }
 }
 

@@ -1,0 +1,292 @@
+//! The commit sequence (AtlasDB's `commitWrites`), one small function per step, run in this
+//! order:
+//!
+//! 1. take commit locks: row or cell locks per the tables' conflict handlers, plus the lock on
+//!    this transaction's own transactions-table row (readers wait on it);
+//! 2. check write-write conflicts (only meaningful under the locks);
+//! 3. check the immutable-timestamp and commit locks are still held;
+//! 4. write the data at `start_ts`;
+//! 5. fetch the commit timestamp (after the data: anyone starting later must see it);
+//! 6. serializable only: re-run the recorded reads at the commit timestamp;
+//! 7. check the locks once more;
+//! 8. `put_unless_exists(start_ts -> commit_ts)`: **the commit point**;
+//! 9. release the locks (always).
+
+use std::collections::BTreeSet;
+
+use ortelius_kvs::{
+    Cell, CellWrites, KvsError, TableRef, Timestamp, MAX_READ_TS, SWEEP_SENTINEL_TS,
+};
+use ortelius_timelock::{LockDescriptor, LockError, LockToken};
+
+use crate::error::{TxnError, TxnResult};
+use crate::reader::{ReadMode, Reader};
+use crate::transaction::{lock, ReadSpec, Transaction, WriteBuffer};
+use crate::txn_table::TxnStatus;
+
+pub(crate) fn commit(txn: &Transaction) -> TxnResult<()> {
+    let writes = std::mem::take(&mut *lock(&txn.writes)?);
+    if writes.values().all(|cells| cells.is_empty()) {
+        // Nothing to write: a read-only commit is already consistent (also when serializable).
+        return Ok(());
+    }
+    let commit_locks = acquire_commit_locks(txn, &writes)?;
+    let mut data_written = false;
+    let result = (|| {
+        check_write_write_conflicts(txn, &writes)?;
+        check_locks_held(txn, commit_locks)?;
+        write_data(txn, &writes)?;
+        data_written = true;
+        let commit_ts = fetch_commit_ts(txn)?;
+        validate_reads(txn, &writes, commit_ts)?;
+        check_locks_held(txn, commit_locks)?;
+        put_commit_record(txn, commit_ts)
+    })();
+    if data_written
+        && matches!(&result, Err(e) if e.retry_class() != crate::RetryClass::CommitOutcomeUnknown)
+    {
+        abort_written_data(txn);
+    }
+    release_locks(txn, commit_locks);
+    result
+}
+
+/// Step 1.
+pub(crate) fn acquire_commit_locks(
+    txn: &Transaction,
+    writes: &WriteBuffer,
+) -> TxnResult<LockToken> {
+    let mut descriptors = vec![txn.inner.txns.commit_lock(txn.start_ts)];
+    for (table, cells) in writes {
+        let handler = txn.inner.metadata(table)?.conflict_handler;
+        if handler.locks_rows() {
+            let rows: BTreeSet<&[u8]> = cells.keys().map(Cell::row).collect();
+            descriptors.extend(rows.into_iter().map(|row| LockDescriptor::row(table, row)));
+        }
+        if handler.locks_cells() {
+            descriptors.extend(cells.keys().map(|cell| LockDescriptor::cell(table, cell)));
+        }
+    }
+    txn.inner
+        .locks
+        .lock(&descriptors, txn.inner.config.lock_timeout)
+        .map_err(|e| match e {
+            LockError::Timeout { .. } => TxnError::LockAcquisitionTimeout(e),
+            other => TxnError::Lock(other),
+        })
+}
+
+/// Step 2: for every written cell of a checked table, the newest committed writer must have
+/// committed before we started. Abandoned writers found on the way are rolled back.
+pub(crate) fn check_write_write_conflicts(
+    txn: &Transaction,
+    writes: &WriteBuffer,
+) -> TxnResult<()> {
+    let txns = &txn.inner.txns;
+    for (table, cells) in writes {
+        if !txn
+            .inner
+            .metadata(table)?
+            .conflict_handler
+            .checks_write_write()
+        {
+            continue;
+        }
+        let mut pending: Vec<(Cell, Timestamp)> =
+            cells.keys().map(|c| (c.clone(), MAX_READ_TS)).collect();
+        while !pending.is_empty() {
+            let latest = txn.inner.kvs.get_latest_timestamps(table, &pending)?;
+            let starts: Vec<Timestamp> = latest
+                .values()
+                .copied()
+                .filter(|ts| *ts != SWEEP_SENTINEL_TS)
+                .collect();
+            let statuses = txns.load(&starts)?;
+            let mut next = Vec::new();
+            for (cell, their_start) in latest {
+                if their_start == SWEEP_SENTINEL_TS {
+                    continue;
+                }
+                match statuses.get(&their_start) {
+                    Some(TxnStatus::Committed(their_commit)) => {
+                        if *their_commit > txn.start_ts {
+                            return Err(TxnError::WriteWriteConflict {
+                                table: table.clone(),
+                                cell,
+                                start_ts: txn.start_ts,
+                                their_start_ts: their_start,
+                                their_commit_ts: Some(*their_commit),
+                            });
+                        }
+                    }
+                    Some(TxnStatus::Aborted) => next.push((cell, their_start)),
+                    None => {
+                        // We hold the lock any writer of this cell needs, so this writer lost
+                        // its locks: roll it back, then look at the same version again.
+                        match txns.put_unless_exists(their_start, TxnStatus::Aborted) {
+                            Ok(()) | Err(KvsError::KeyAlreadyExists { .. }) => {
+                                txns.load_uncached(&[their_start])?;
+                                next.push((cell, their_start + 1));
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+            }
+            pending = next;
+        }
+    }
+    Ok(())
+}
+
+/// Steps 3 and 7: the immutable-timestamp guard and the commit locks must still be held.
+pub(crate) fn check_locks_held(txn: &Transaction, commit_locks: LockToken) -> TxnResult<()> {
+    let tokens: Vec<LockToken> = txn
+        .immutable_lock
+        .into_iter()
+        .chain([commit_locks])
+        .collect();
+    let held = txn.inner.locks.refresh(&tokens).map_err(TxnError::Lock)?;
+    if held.len() == tokens.len() {
+        Ok(())
+    } else {
+        Err(TxnError::LocksExpired {
+            start_ts: txn.start_ts,
+        })
+    }
+}
+
+/// Step 4: every buffered write (deletes are empty values) at the start timestamp.
+pub(crate) fn write_data(txn: &Transaction, writes: &WriteBuffer) -> TxnResult<()> {
+    let batch: Vec<(TableRef, CellWrites)> = writes
+        .iter()
+        .filter(|(_, cells)| !cells.is_empty())
+        .map(|(table, cells)| {
+            (
+                table.clone(),
+                cells.iter().map(|(c, v)| (c.clone(), v.clone())).collect(),
+            )
+        })
+        .collect();
+    txn.inner.kvs.multi_put(&batch, txn.start_ts)?;
+    Ok(())
+}
+
+/// Step 5.
+pub(crate) fn fetch_commit_ts(txn: &Transaction) -> TxnResult<Timestamp> {
+    Ok(txn.inner.timestamps.fresh_timestamp()?)
+}
+
+/// Step 6: serializable read validation. Every recorded read of a table that checks
+/// read-write conflicts is run again as of `commit_ts`; any difference outside the cells this
+/// transaction wrote means another transaction committed a conflicting write in between.
+pub(crate) fn validate_reads(
+    txn: &Transaction,
+    writes: &WriteBuffer,
+    commit_ts: Timestamp,
+) -> TxnResult<()> {
+    let reads = std::mem::take(&mut *lock(&txn.reads)?);
+    let reader = Reader {
+        inner: &txn.inner,
+        read_ts: commit_ts,
+        mode: ReadMode::Validation {
+            own_start: txn.start_ts,
+        },
+    };
+    for record in reads {
+        let table = &record.table;
+        let now = match &record.spec {
+            ReadSpec::Cells(cells) => reader.get_cells(table, cells)?,
+            ReadSpec::Rows(rows, columns) => reader.get_rows(table, rows, columns)?,
+            ReadSpec::ColumnRange(row, columns) => reader.get_column_range(table, row, columns)?,
+            ReadSpec::Range(request) => {
+                let mut all = std::collections::BTreeMap::new();
+                let mut batch = Vec::new();
+                for row in txn.inner.kvs.get_range(table, request, commit_ts)? {
+                    batch.push(row?);
+                    if batch.len() == 256 {
+                        all.extend(flatten(reader.resolve_rows(
+                            table,
+                            std::mem::take(&mut batch),
+                            false,
+                        )?)?);
+                    }
+                }
+                all.extend(flatten(reader.resolve_rows(table, batch, false)?)?);
+                all
+            }
+        };
+        let own = writes.get(table);
+        let written = |cell: &Cell| own.is_some_and(|w| w.contains_key(cell));
+        let now: std::collections::BTreeMap<&Cell, &Vec<u8>> = now
+            .iter()
+            .filter(|(c, v)| !v.is_empty() && !written(c))
+            .map(|(c, v)| (c, &v.contents))
+            .collect();
+        let then: std::collections::BTreeMap<&Cell, &Vec<u8>> =
+            record.seen.iter().filter(|(c, _)| !written(c)).collect();
+        if now != then {
+            let changed = now
+                .keys()
+                .chain(then.keys())
+                .find(|c| now.get(*c) != then.get(*c))
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            return Err(TxnError::SerializableConflict {
+                table: table.clone(),
+                detail: format!(
+                    "{changed} changed between start {} and commit {commit_ts}",
+                    txn.start_ts
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn flatten(rows: Vec<ortelius_kvs::RowResult>) -> TxnResult<Vec<(Cell, ortelius_kvs::Value)>> {
+    let mut out = Vec::new();
+    for row in rows {
+        for (column, value) in row.columns {
+            out.push((Cell::new(row.row.clone(), column)?, value));
+        }
+    }
+    Ok(out)
+}
+
+/// Step 8: the commit point.
+pub(crate) fn put_commit_record(txn: &Transaction, commit_ts: Timestamp) -> TxnResult<()> {
+    let txns = &txn.inner.txns;
+    match txns.put_unless_exists(txn.start_ts, TxnStatus::Committed(commit_ts)) {
+        Ok(()) => Ok(()),
+        Err(KvsError::KeyAlreadyExists { .. }) => {
+            match txns.load_uncached(&[txn.start_ts])?.get(&txn.start_ts) {
+                // Our own write landed (a store that retried internally).
+                Some(TxnStatus::Committed(ts)) if *ts == commit_ts => Ok(()),
+                _ => Err(TxnError::RolledBackByOther {
+                    start_ts: txn.start_ts,
+                }),
+            }
+        }
+        Err(source) => Err(TxnError::CommitOutcomeUnknown {
+            start_ts: txn.start_ts,
+            commit_ts,
+            source,
+        }),
+    }
+}
+
+/// After a failure with data written but no commit: decide "aborted" now so readers need not
+/// wait for our locks to expire. Best effort: if it fails, readers roll us back themselves.
+fn abort_written_data(txn: &Transaction) {
+    let _ = txn
+        .inner
+        .txns
+        .put_unless_exists(txn.start_ts, TxnStatus::Aborted);
+}
+
+/// Step 9.
+pub(crate) fn release_locks(txn: &Transaction, commit_locks: LockToken) {
+    // Best effort: unreleased locks expire with their lease.
+    let _ = txn.inner.locks.unlock(&[commit_locks]);
+}

@@ -1,0 +1,270 @@
+//! The transaction manager: starts transactions, knows table settings, and runs closures with
+//! retries.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ortelius_kvs::{KeyValueService, TableRef, Timestamp};
+use ortelius_timelock::{
+    InProcessLockService, LockService, PersistentTimestampService, TimestampService,
+};
+
+use crate::error::{RetryClass, TxnError, TxnResult};
+use crate::metadata::TableMetadata;
+use crate::transaction::{State, Transaction};
+use crate::txn_table::TransactionsTable;
+
+/// Settings of a [`TransactionManager`].
+#[derive(Clone, Debug)]
+pub struct TransactionConfig {
+    /// How long a committer waits for its commit locks, and a reader for a committing writer.
+    pub lock_timeout: Duration,
+    /// How many times `run` retries a retriable failure.
+    pub max_retries: u32,
+    /// How many transaction outcomes the commit-timestamp cache keeps.
+    pub commit_ts_cache_size: usize,
+}
+
+impl Default for TransactionConfig {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(60),
+            max_retries: 10,
+            commit_ts_cache_size: 1_000_000,
+        }
+    }
+}
+
+/// Snapshot isolation (the default) or serializable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    #[default]
+    Snapshot,
+    /// Reads of every write-write-checked table are validated at commit.
+    Serializable,
+}
+
+pub(crate) struct Inner {
+    pub kvs: Arc<dyn KeyValueService>,
+    pub timestamps: Arc<dyn TimestampService>,
+    pub locks: Arc<dyn LockService>,
+    pub txns: TransactionsTable,
+    pub config: TransactionConfig,
+    metadata: RwLock<HashMap<TableRef, TableMetadata>>,
+    /// Seed for retry back-off jitter.
+    jitter: Mutex<u64>,
+}
+
+impl Inner {
+    /// A table's settings (cached after the first read).
+    pub fn metadata(&self, table: &TableRef) -> TxnResult<TableMetadata> {
+        if let Some(m) = self
+            .metadata
+            .read()
+            .ok()
+            .and_then(|m| m.get(table).copied())
+        {
+            return Ok(m);
+        }
+        let m = TableMetadata::decode(&self.kvs.table_metadata(table)?)?;
+        if let Ok(mut cache) = self.metadata.write() {
+            cache.insert(table.clone(), m);
+        }
+        Ok(m)
+    }
+}
+
+/// Starts and runs transactions over one store. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct TransactionManager {
+    inner: Arc<Inner>,
+}
+
+impl TransactionManager {
+    /// A manager over explicit services (e.g. a remote time authority).
+    pub fn new(
+        kvs: Arc<dyn KeyValueService>,
+        timestamps: Arc<dyn TimestampService>,
+        locks: Arc<dyn LockService>,
+        config: TransactionConfig,
+    ) -> TxnResult<Self> {
+        let txns = TransactionsTable::new(kvs.clone(), config.commit_ts_cache_size)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                kvs,
+                timestamps,
+                locks,
+                txns,
+                config,
+                metadata: RwLock::new(HashMap::new()),
+                jitter: Mutex::new(0x9E37_79B9_7F4A_7C15),
+            }),
+        })
+    }
+
+    /// Embedded mode: this process owns the store and runs the timestamp and lock services.
+    pub fn embedded(kvs: Arc<dyn KeyValueService>, config: TransactionConfig) -> TxnResult<Self> {
+        let timestamps = Arc::new(PersistentTimestampService::new(kvs.clone())?);
+        Self::new(
+            kvs,
+            timestamps,
+            Arc::new(InProcessLockService::default()),
+            config,
+        )
+    }
+
+    pub fn kvs(&self) -> &Arc<dyn KeyValueService> {
+        &self.inner.kvs
+    }
+
+    pub fn timestamps(&self) -> &Arc<dyn TimestampService> {
+        &self.inner.timestamps
+    }
+
+    pub fn locks(&self) -> &Arc<dyn LockService> {
+        &self.inner.locks
+    }
+
+    pub fn transactions_table(&self) -> &TransactionsTable {
+        &self.inner.txns
+    }
+
+    /// Creates a transactional table (idempotent) with its conflict handler and sweep strategy.
+    pub fn create_table(&self, table: &TableRef, metadata: TableMetadata) -> TxnResult<()> {
+        if table.namespace().is_empty() && table.name().starts_with('_') {
+            return Err(TxnError::SystemTable {
+                table: table.clone(),
+            });
+        }
+        self.inner.kvs.create_table(table, &metadata.encode())?;
+        if let Ok(mut cache) = self.inner.metadata.write() {
+            cache.insert(table.clone(), metadata);
+        }
+        Ok(())
+    }
+
+    /// A fresh timestamp.
+    pub fn fresh_timestamp(&self) -> TxnResult<Timestamp> {
+        Ok(self.inner.timestamps.fresh_timestamp()?)
+    }
+
+    /// The immutable timestamp: below the start of every running write transaction.
+    pub fn immutable_timestamp(&self) -> TxnResult<Timestamp> {
+        match self
+            .inner
+            .locks
+            .min_locked_timestamp()
+            .map_err(TxnError::Lock)?
+        {
+            Some(ts) => Ok(ts),
+            None => self.fresh_timestamp(),
+        }
+    }
+
+    fn transaction(
+        &self,
+        start_ts: Timestamp,
+        immutable_lock: Option<ortelius_timelock::LockToken>,
+        read_only: bool,
+        isolation: Isolation,
+    ) -> Transaction {
+        Transaction {
+            inner: self.inner.clone(),
+            start_ts,
+            immutable_lock,
+            read_only,
+            serializable: isolation == Isolation::Serializable,
+            state: Mutex::new(State::Open),
+            writes: Mutex::new(Default::default()),
+            reads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts a write transaction: locks a fresh timestamp as its immutable-timestamp guard,
+    /// *then* takes its start timestamp (so no sweep can pass the start while it runs).
+    pub fn begin(&self, isolation: Isolation) -> TxnResult<Transaction> {
+        let guard_ts = self.inner.timestamps.fresh_timestamp()?;
+        let token = self
+            .inner
+            .locks
+            .lock_immutable_timestamp(guard_ts)
+            .map_err(TxnError::Lock)?;
+        match self.inner.timestamps.fresh_timestamp() {
+            Ok(start_ts) => Ok(self.transaction(start_ts, Some(token), false, isolation)),
+            Err(e) => {
+                let _ = self.inner.locks.unlock(&[token]);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Starts a read-only transaction: no locks; writes fail.
+    pub fn begin_read_only(&self) -> TxnResult<Transaction> {
+        let start_ts = self.inner.timestamps.fresh_timestamp()?;
+        Ok(self.transaction(start_ts, None, true, Isolation::Snapshot))
+    }
+
+    /// Runs `task` in a snapshot-isolated transaction and commits, retrying retriable failures.
+    pub fn run<T>(&self, task: impl FnMut(&Transaction) -> TxnResult<T>) -> TxnResult<T> {
+        self.run_with(Isolation::Snapshot, task)
+    }
+
+    /// Like [`run`](Self::run) with the given isolation.
+    pub fn run_with<T>(
+        &self,
+        isolation: Isolation,
+        mut task: impl FnMut(&Transaction) -> TxnResult<T>,
+    ) -> TxnResult<T> {
+        self.retrying(|| {
+            let txn = self.begin(isolation)?;
+            let value = task(&txn)?;
+            txn.commit()?;
+            Ok(value)
+        })
+    }
+
+    /// Runs `task` in a read-only transaction, retrying retriable failures (sentinel reads).
+    pub fn run_read_only<T>(
+        &self,
+        mut task: impl FnMut(&Transaction) -> TxnResult<T>,
+    ) -> TxnResult<T> {
+        self.retrying(|| {
+            let txn = self.begin_read_only()?;
+            task(&txn)
+        })
+    }
+
+    fn retrying<T>(&self, mut attempt: impl FnMut() -> TxnResult<T>) -> TxnResult<T> {
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match attempt() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.retry_class() == RetryClass::Retriable => {
+                    if attempts > self.inner.config.max_retries {
+                        return Err(TxnError::RetriesExhausted {
+                            attempts,
+                            last: Box::new(e),
+                        });
+                    }
+                    std::thread::sleep(self.backoff(attempts));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Randomised exponential back-off (up to ~1 ms × 2^attempt, capped at 100 ms), so
+    /// conflicting retries do not collide again in lock step.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let random = self.inner.jitter.lock().map_or(7, |mut s| {
+            *s ^= *s << 13;
+            *s ^= *s >> 7;
+            *s ^= *s << 17;
+            *s
+        });
+        let cap_micros = (1000u64 << attempt.min(7)).min(100_000);
+        Duration::from_micros(random % cap_micros)
+    }
+}

@@ -1,0 +1,236 @@
+//! Snapshot reads: every raw version read from the store is post-filtered through the
+//! transactions table. A version is visible to a reader at `read_ts` iff its writer committed
+//! before `read_ts`. Undecided writers are waited for (their commit lock) and then rolled back
+//! with `put_unless_exists(start -> aborted)`; invisible versions are re-read below themselves.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ortelius_kvs::{
+    Cell, ColumnRange, ColumnSelection, KvsError, RowResult, TableRef, Timestamp, Value,
+    MAX_READ_TS, SWEEP_SENTINEL_TS,
+};
+use ortelius_timelock::LockError;
+
+use crate::error::{TxnError, TxnResult};
+use crate::manager::Inner;
+use crate::txn_table::TxnStatus;
+
+/// Reads give up after this many rounds of re-reading below invisible versions.
+pub(crate) const MAX_POST_FILTER_ROUNDS: usize = 200;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ReadMode {
+    /// An ordinary snapshot read.
+    Snapshot,
+    /// Serializable read validation at commit: versions of `own_start` are skipped, and
+    /// writers that started after `own_start` and are still undecided fail the check rather
+    /// than being waited for (which could deadlock two validating committers).
+    Validation { own_start: Timestamp },
+}
+
+pub(crate) struct Reader<'a> {
+    pub inner: &'a Inner,
+    pub read_ts: Timestamp,
+    pub mode: ReadMode,
+}
+
+impl Reader<'_> {
+    /// Decided outcomes of `starts`, rolling back writers found abandoned.
+    fn resolve(
+        &self,
+        table: &TableRef,
+        starts: &[Timestamp],
+    ) -> TxnResult<HashMap<Timestamp, TxnStatus>> {
+        let txns = &self.inner.txns;
+        let mut known = txns.load(starts)?;
+        let mut missing: Vec<Timestamp> = starts
+            .iter()
+            .copied()
+            .filter(|ts| !known.contains_key(ts))
+            .collect();
+        if missing.is_empty() {
+            return Ok(known);
+        }
+        if let ReadMode::Validation { own_start } = self.mode {
+            if let Some(later) = missing.iter().find(|ts| **ts > own_start) {
+                return Err(TxnError::SerializableConflict {
+                    table: table.clone(),
+                    detail: format!(
+                        "transaction {later}, which started after this one, is still undecided"
+                    ),
+                });
+            }
+        }
+        // A writer mid-commit holds the lock on its own entry: let it finish first.
+        let commit_locks: Vec<_> = missing.iter().map(|ts| txns.commit_lock(*ts)).collect();
+        match self
+            .inner
+            .locks
+            .wait_for_locks(&commit_locks, self.inner.config.lock_timeout)
+        {
+            // After a timeout the writer is stuck; rolling it back is still safe (one PUE wins).
+            Ok(()) | Err(LockError::Timeout { .. }) => {}
+            Err(e) => return Err(TxnError::Lock(e)),
+        }
+        known.extend(txns.load_uncached(&missing)?);
+        missing.retain(|ts| !known.contains_key(ts));
+        for ts in missing {
+            match txns.put_unless_exists(ts, TxnStatus::Aborted) {
+                Ok(()) => {
+                    known.insert(ts, TxnStatus::Aborted);
+                }
+                Err(KvsError::KeyAlreadyExists { .. }) => {
+                    // The writer (or another reader) decided first: use that outcome.
+                    known.extend(txns.load_uncached(&[ts])?);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(known)
+    }
+
+    /// A sentinel is the newest version below our bound: a version we need was swept, unless
+    /// the sentinel is orphaned (no committed version above it at all).
+    fn check_sentinel(&self, table: &TableRef, cell: &Cell) -> TxnResult<()> {
+        let all =
+            self.inner
+                .kvs
+                .get_all_timestamps(table, std::slice::from_ref(cell), MAX_READ_TS)?;
+        let writers: Vec<Timestamp> = all
+            .get(cell)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|ts| *ts != SWEEP_SENTINEL_TS)
+            .collect();
+        let statuses = self.inner.txns.load(&writers)?;
+        if statuses
+            .values()
+            .any(|s| matches!(s, TxnStatus::Committed(_)))
+        {
+            return Err(TxnError::SweepSentinel {
+                table: table.clone(),
+                cell: cell.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Post-filters raw versions until every cell is either visible (tombstones included) or
+    /// absent.
+    pub fn resolve_raw(
+        &self,
+        table: &TableRef,
+        mut raw: BTreeMap<Cell, Value>,
+    ) -> TxnResult<BTreeMap<Cell, Value>> {
+        let mut visible = BTreeMap::new();
+        for _ in 0..MAX_POST_FILTER_ROUNDS {
+            if raw.is_empty() {
+                return Ok(visible);
+            }
+            let mut starts: Vec<Timestamp> = raw
+                .values()
+                .map(|v| v.timestamp)
+                .filter(|ts| *ts != SWEEP_SENTINEL_TS)
+                .collect();
+            starts.sort_unstable();
+            starts.dedup();
+            let statuses = self.resolve(table, &starts)?;
+            let mut reload: Vec<(Cell, Timestamp)> = Vec::new();
+            for (cell, value) in raw {
+                if value.timestamp == SWEEP_SENTINEL_TS {
+                    self.check_sentinel(table, &cell)?;
+                    continue;
+                }
+                if let ReadMode::Validation { own_start } = self.mode {
+                    if value.timestamp == own_start {
+                        reload.push((cell, value.timestamp));
+                        continue;
+                    }
+                }
+                match statuses.get(&value.timestamp) {
+                    Some(TxnStatus::Committed(commit)) if *commit < self.read_ts => {
+                        visible.insert(cell, value);
+                    }
+                    // Aborted, or committed at/after our read timestamp: look below it.
+                    _ => reload.push((cell, value.timestamp)),
+                }
+            }
+            raw = if reload.is_empty() {
+                BTreeMap::new()
+            } else {
+                self.inner.kvs.get(table, &reload)?
+            };
+        }
+        Err(TxnError::TooManyPostFilterRounds {
+            table: table.clone(),
+            iterations: MAX_POST_FILTER_ROUNDS,
+        })
+    }
+
+    pub fn get_cells(&self, table: &TableRef, cells: &[Cell]) -> TxnResult<BTreeMap<Cell, Value>> {
+        let requests: Vec<(Cell, Timestamp)> =
+            cells.iter().map(|c| (c.clone(), self.read_ts)).collect();
+        let raw = self.inner.kvs.get(table, &requests)?;
+        self.resolve_raw(table, raw)
+    }
+
+    pub fn get_rows(
+        &self,
+        table: &TableRef,
+        rows: &[Vec<u8>],
+        columns: &ColumnSelection,
+    ) -> TxnResult<BTreeMap<Cell, Value>> {
+        let raw = self
+            .inner
+            .kvs
+            .get_rows(table, rows, columns, self.read_ts)?;
+        self.resolve_raw(table, raw)
+    }
+
+    pub fn get_column_range(
+        &self,
+        table: &TableRef,
+        row: &[u8],
+        columns: &ColumnRange,
+    ) -> TxnResult<BTreeMap<Cell, Value>> {
+        let raw = self
+            .inner
+            .kvs
+            .get_rows_column_range(table, &[row.to_vec()], columns, self.read_ts)?
+            .collect::<Result<BTreeMap<Cell, Value>, KvsError>>()?;
+        self.resolve_raw(table, raw)
+    }
+
+    /// Post-filters a batch of consecutive raw rows of a scan, keeping their order.
+    pub fn resolve_rows(
+        &self,
+        table: &TableRef,
+        rows: Vec<RowResult>,
+        reverse: bool,
+    ) -> TxnResult<Vec<RowResult>> {
+        let mut raw = BTreeMap::new();
+        for row in rows {
+            for (column, value) in row.columns {
+                raw.insert(Cell::new(row.row.clone(), column)?, value);
+            }
+        }
+        let mut out: Vec<RowResult> = Vec::new();
+        for (cell, value) in self.resolve_raw(table, raw)? {
+            let (row, column) = cell.into_parts();
+            match out.last_mut() {
+                Some(last) if last.row == row => {
+                    last.columns.insert(column, value);
+                }
+                _ => out.push(RowResult {
+                    row,
+                    columns: BTreeMap::from([(column, value)]),
+                }),
+            }
+        }
+        if reverse {
+            out.reverse();
+        }
+        Ok(out)
+    }
+}

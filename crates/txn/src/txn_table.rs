@@ -1,0 +1,249 @@
+//! The transactions table: `start_ts -> commit_ts | aborted`, written only by
+//! `put_unless_exists`, so exactly one outcome of every transaction ever sticks.
+//!
+//! Encoding (system table `_transactions`, every value at ts 0): row = start ts as 8 bytes
+//! big-endian (order-preserving for non-negative timestamps, so a range scan walks start order),
+//! column `t`, value = commit ts as 8 bytes big-endian, or `-1` (eight `FF` bytes) for aborted.
+//! No entry means in progress or abandoned. Start timestamps below 1 read as committed at 0:
+//! data written directly at ts 0 is visible to everyone.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use ortelius_kvs::{
+    Cell, KeyValueService, KvsError, KvsResult, RangeRequest, TableRef, Timestamp, ATOMIC_TS,
+    MAX_READ_TS,
+};
+use ortelius_timelock::LockDescriptor;
+
+/// The system table holding commit records.
+pub const TRANSACTIONS_TABLE: &str = "_transactions";
+const COLUMN: &[u8] = b"t";
+const ABORTED: Timestamp = -1;
+const CACHE_SHARDS: usize = 16;
+
+/// The decided outcome of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnStatus {
+    Committed(Timestamp),
+    Aborted,
+}
+
+impl TxnStatus {
+    fn encode(self) -> Vec<u8> {
+        match self {
+            Self::Committed(ts) => ts.to_be_bytes().to_vec(),
+            Self::Aborted => ABORTED.to_be_bytes().to_vec(),
+        }
+    }
+
+    fn decode(start_ts: Timestamp, bytes: &[u8]) -> KvsResult<Self> {
+        let arr: [u8; 8] = bytes.try_into().map_err(|_| KvsError::Corruption {
+            detail: format!(
+                "transactions-table entry for {start_ts} has {} bytes, not 8",
+                bytes.len()
+            ),
+        })?;
+        match i64::from_be_bytes(arr) {
+            ABORTED => Ok(Self::Aborted),
+            ts if ts > start_ts => Ok(Self::Committed(ts)),
+            ts => Err(KvsError::Corruption {
+                detail: format!(
+                    "transaction {start_ts} recorded with commit ts {ts}, not after its start"
+                ),
+            }),
+        }
+    }
+}
+
+/// What `clean_from` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    pub scanned: u64,
+    pub deleted: u64,
+}
+
+/// A bounded cache of decided outcomes (they never change), FIFO-evicted per shard.
+struct StatusCache {
+    shards: Vec<Mutex<(HashMap<Timestamp, TxnStatus>, VecDeque<Timestamp>)>>,
+    per_shard: usize,
+}
+
+impl StatusCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new((HashMap::new(), VecDeque::new())))
+                .collect(),
+            per_shard: (capacity / CACHE_SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, ts: Timestamp) -> &Mutex<(HashMap<Timestamp, TxnStatus>, VecDeque<Timestamp>)> {
+        &self.shards[(ts.unsigned_abs() % CACHE_SHARDS as u64) as usize]
+    }
+
+    fn get(&self, ts: Timestamp) -> Option<TxnStatus> {
+        self.shard(ts).lock().ok()?.0.get(&ts).copied()
+    }
+
+    fn insert(&self, ts: Timestamp, status: TxnStatus) {
+        let Ok(mut shard) = self.shard(ts).lock() else {
+            return;
+        };
+        let (map, order) = &mut *shard;
+        if map.insert(ts, status).is_none() {
+            order.push_back(ts);
+            if order.len() > self.per_shard {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        for shard in &self.shards {
+            if let Ok(mut s) = shard.lock() {
+                s.0.clear();
+                s.1.clear();
+            }
+        }
+    }
+}
+
+/// Access to the transactions table with a commit-timestamp cache.
+pub struct TransactionsTable {
+    kvs: Arc<dyn KeyValueService>,
+    table: TableRef,
+    cache: StatusCache,
+}
+
+fn table_ref() -> TableRef {
+    // A constant, valid name: construction cannot fail.
+    TableRef::system(TRANSACTIONS_TABLE).unwrap_or_else(|_| unreachable!("valid system table name"))
+}
+
+impl TransactionsTable {
+    /// Opens the table, creating it if needed; caches up to `cache_capacity` outcomes.
+    pub fn new(kvs: Arc<dyn KeyValueService>, cache_capacity: usize) -> KvsResult<Self> {
+        let table = table_ref();
+        if !kvs.list_tables()?.contains(&table) {
+            kvs.create_table(&table, b"")?;
+        }
+        Ok(Self {
+            kvs,
+            table,
+            cache: StatusCache::new(cache_capacity),
+        })
+    }
+
+    pub fn table(&self) -> &TableRef {
+        &self.table
+    }
+
+    /// The cell holding the outcome of the transaction that started at `start_ts`.
+    pub fn cell(start_ts: Timestamp) -> Cell {
+        Cell::new(start_ts.to_be_bytes(), COLUMN)
+            .unwrap_or_else(|_| unreachable!("8-byte row, 1-byte column"))
+    }
+
+    /// The lock a committer holds on its own entry until its commit record is written; readers
+    /// wait on it before deciding a writer was abandoned.
+    pub fn commit_lock(&self, start_ts: Timestamp) -> LockDescriptor {
+        LockDescriptor::row(&self.table, &start_ts.to_be_bytes())
+    }
+
+    /// Outcomes of the given transactions that are decided (cache first, then one store read).
+    pub fn load(&self, starts: &[Timestamp]) -> KvsResult<HashMap<Timestamp, TxnStatus>> {
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        for &ts in starts {
+            if ts < 1 {
+                out.insert(ts, TxnStatus::Committed(0));
+            } else if let Some(s) = self.cache.get(ts) {
+                out.insert(ts, s);
+            } else {
+                missing.push(ts);
+            }
+        }
+        out.extend(self.load_uncached(&missing)?);
+        Ok(out)
+    }
+
+    /// Reads outcomes from the store, bypassing (and then filling) the cache.
+    pub fn load_uncached(&self, starts: &[Timestamp]) -> KvsResult<HashMap<Timestamp, TxnStatus>> {
+        if starts.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let cells: Vec<(Cell, Timestamp)> = starts
+            .iter()
+            .map(|&ts| (Self::cell(ts), ATOMIC_TS + 1))
+            .collect();
+        let found = self.kvs.get(&self.table, &cells)?;
+        let mut out = HashMap::new();
+        for &ts in starts {
+            if let Some(v) = found.get(&Self::cell(ts)) {
+                let status = TxnStatus::decode(ts, &v.contents)?;
+                self.cache.insert(ts, status);
+                out.insert(ts, status);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records an outcome unless one exists; `KeyAlreadyExists` means someone decided first.
+    pub fn put_unless_exists(&self, start_ts: Timestamp, status: TxnStatus) -> KvsResult<()> {
+        self.kvs
+            .put_unless_exists(&self.table, &[(Self::cell(start_ts), status.encode())])?;
+        self.cache.insert(start_ts, status);
+        Ok(())
+    }
+
+    /// Restore step: deletes every entry whose commit timestamp is `>= backup_ts`, scanning the
+    /// whole table (a transaction may start before `backup_ts` and commit after it). Aborted
+    /// entries are kept. Afterwards those transactions read as abandoned and are rolled back.
+    pub fn clean_from(
+        &self,
+        backup_ts: Timestamp,
+        mut progress: impl FnMut(&CleanReport),
+    ) -> KvsResult<CleanReport> {
+        let mut report = CleanReport::default();
+        let mut batch = Vec::new();
+        for row in self
+            .kvs
+            .get_range(&self.table, &RangeRequest::all(), MAX_READ_TS)?
+        {
+            let row = row?;
+            report.scanned += 1;
+            let start = <[u8; 8]>::try_from(row.row.as_slice())
+                .map(i64::from_be_bytes)
+                .map_err(|_| KvsError::Corruption {
+                    detail: format!(
+                        "transactions-table row {} is not 8 bytes",
+                        row.row.escape_ascii()
+                    ),
+                })?;
+            for (column, value) in &row.columns {
+                if let TxnStatus::Committed(commit) = TxnStatus::decode(start, &value.contents)? {
+                    if commit >= backup_ts {
+                        batch.push((Cell::new(row.row.clone(), column.clone())?, value.timestamp));
+                    }
+                }
+            }
+            if batch.len() >= 10_000 {
+                report.deleted += batch.len() as u64;
+                self.kvs.delete(&self.table, &batch)?;
+                batch.clear();
+            }
+            if report.scanned % 100_000 == 0 {
+                progress(&report);
+            }
+        }
+        report.deleted += batch.len() as u64;
+        self.kvs.delete(&self.table, &batch)?;
+        self.cache.clear();
+        progress(&report);
+        Ok(report)
+    }
+}

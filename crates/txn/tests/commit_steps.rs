@@ -1,0 +1,351 @@
+//! The commit sequence, step by step: the exact order of store, lock and timestamp calls of a
+//! commit (so removing or reordering any step fails here), and the failure path of each step.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{cell, config};
+use ortelius_kvs::memory::MemoryKvs;
+use ortelius_kvs::testing::{CallLog, FaultTiming, RecordingKvs};
+use ortelius_kvs::{KeyValueService, TableRef, Timestamp};
+use ortelius_timelock::{
+    FastForward, InProcessLockService, LockDescriptor, LockError, LockService, LockToken,
+    ManualClock, PersistentTimestampService, TimestampError, TimestampRange, TimestampService,
+};
+use ortelius_txn::{
+    ConflictHandler, Isolation, RetryClass, TableMetadata, TransactionManager, TxnError, TxnStatus,
+};
+
+struct RecordingLocks {
+    inner: InProcessLockService,
+    log: CallLog,
+}
+
+impl RecordingLocks {
+    fn note(&self, op: &'static str) {
+        self.log.lock().unwrap().push((op, String::new()));
+    }
+}
+
+impl LockService for RecordingLocks {
+    fn lock(&self, d: &[LockDescriptor], timeout: Duration) -> Result<LockToken, LockError> {
+        self.note("locks.lock");
+        self.inner.lock(d, timeout)
+    }
+    fn refresh(&self, tokens: &[LockToken]) -> Result<Vec<LockToken>, LockError> {
+        self.note("locks.refresh");
+        self.inner.refresh(tokens)
+    }
+    fn unlock(&self, tokens: &[LockToken]) -> Result<Vec<LockToken>, LockError> {
+        self.note("locks.unlock");
+        self.inner.unlock(tokens)
+    }
+    fn wait_for_locks(&self, d: &[LockDescriptor], timeout: Duration) -> Result<(), LockError> {
+        self.note("locks.wait_for_locks");
+        self.inner.wait_for_locks(d, timeout)
+    }
+    fn lock_immutable_timestamp(&self, ts: Timestamp) -> Result<LockToken, LockError> {
+        self.note("locks.lock_immutable_timestamp");
+        self.inner.lock_immutable_timestamp(ts)
+    }
+    fn min_locked_timestamp(&self) -> Result<Option<Timestamp>, LockError> {
+        self.note("locks.min_locked_timestamp");
+        self.inner.min_locked_timestamp()
+    }
+}
+
+struct RecordingTimestamps {
+    inner: PersistentTimestampService,
+    log: CallLog,
+}
+
+impl TimestampService for RecordingTimestamps {
+    fn fresh_timestamps(&self, count: u32) -> Result<TimestampRange, TimestampError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(("timestamps.fresh", String::new()));
+        self.inner.fresh_timestamps(count)
+    }
+    fn fast_forward(&self, to: Timestamp) -> Result<FastForward, TimestampError> {
+        self.inner.fast_forward(to)
+    }
+}
+
+struct Setup {
+    manager: TransactionManager,
+    kvs: Arc<RecordingKvs>,
+    log: CallLog,
+    clock: ManualClock,
+    table: TableRef,
+}
+
+fn setup(handler: ConflictHandler) -> Setup {
+    let log = CallLog::default();
+    let kvs = Arc::new(RecordingKvs::with_log(
+        Arc::new(MemoryKvs::new()),
+        log.clone(),
+    ));
+    let clock = ManualClock::new();
+    let locks = RecordingLocks {
+        inner: InProcessLockService::new(Arc::new(clock.clone()), Duration::from_secs(20)),
+        log: log.clone(),
+    };
+    let timestamps = RecordingTimestamps {
+        inner: PersistentTimestampService::new(kvs.clone()).unwrap(),
+        log: log.clone(),
+    };
+    let manager =
+        TransactionManager::new(kvs.clone(), Arc::new(timestamps), Arc::new(locks), config())
+            .unwrap();
+    let table = TableRef::new("test", "t").unwrap();
+    manager
+        .create_table(
+            &table,
+            TableMetadata {
+                conflict_handler: handler,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    Setup {
+        manager,
+        kvs,
+        log,
+        clock,
+        table,
+    }
+}
+
+fn trace(log: &CallLog) -> Vec<String> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(op, _)| *op != "table_metadata")
+        .map(|(op, table)| {
+            if table.is_empty() {
+                op.to_string()
+            } else {
+                format!("{op} {table}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn begin_locks_the_immutable_timestamp_before_taking_the_start_timestamp() {
+    let s = setup(ConflictHandler::RetryOnWriteWrite);
+    s.log.lock().unwrap().clear();
+    let _txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    assert_eq!(
+        trace(&s.log),
+        [
+            "timestamps.fresh",
+            "locks.lock_immutable_timestamp",
+            "timestamps.fresh"
+        ]
+    );
+}
+
+#[test]
+fn commit_runs_its_steps_in_protocol_order() {
+    let s = setup(ConflictHandler::RetryOnWriteWrite);
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    txn.put(&s.table, &cell("r", "c"), b"v".to_vec()).unwrap();
+    s.log.lock().unwrap().clear();
+    txn.commit().unwrap();
+    assert_eq!(
+        trace(&s.log),
+        [
+            "locks.lock",                      // 1. commit locks (row + own entry)
+            "get_latest_timestamps test.t",    // 2. write-write conflict check
+            "locks.refresh",                   // 3. locks still held
+            "multi_put test.t",                // 4. data at start ts
+            "timestamps.fresh",                // 5. commit ts, after the data
+            "locks.refresh",                   // 7. locks still held, just before...
+            "put_unless_exists _transactions", // 8. ...the commit point
+            "locks.unlock",                    // 9. release commit locks
+            "locks.unlock",                    //    and the immutable-timestamp guard
+        ]
+    );
+}
+
+#[test]
+fn serializable_commit_validates_reads_after_taking_the_commit_timestamp() {
+    let s = setup(ConflictHandler::Serializable);
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    txn.get_one(&s.table, &cell("r", "other")).unwrap();
+    txn.put(&s.table, &cell("r", "c"), b"v".to_vec()).unwrap();
+    s.log.lock().unwrap().clear();
+    txn.commit().unwrap();
+    let t = trace(&s.log);
+    let at = |op: &str| {
+        t.iter()
+            .position(|x| x == op)
+            .unwrap_or_else(|| panic!("{op} missing from {t:?}"))
+    };
+    let fresh = at("timestamps.fresh");
+    let validation_read = t.iter().rposition(|x| x == "get test.t").unwrap();
+    assert!(
+        at("multi_put test.t") < fresh && fresh < validation_read,
+        "{t:?}"
+    );
+    assert!(
+        validation_read < at("put_unless_exists _transactions"),
+        "{t:?}"
+    );
+}
+
+#[test]
+fn commit_locks_are_released_when_a_step_fails() {
+    let s = setup(ConflictHandler::RetryOnWriteWrite);
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    txn.put(&s.table, &cell("r", "c"), b"v".to_vec()).unwrap();
+    s.kvs.inject("multi_put", None, FaultTiming::Before, 1);
+    assert!(matches!(txn.commit(), Err(TxnError::Store(_))));
+    // The row is free again: another transaction commits to it at once.
+    let other = s.manager.begin(Isolation::Snapshot).unwrap();
+    other.put(&s.table, &cell("r", "c"), b"w".to_vec()).unwrap();
+    other.commit().unwrap();
+}
+
+#[test]
+fn expired_locks_fail_the_commit_before_the_commit_point() {
+    let s = setup(ConflictHandler::RetryOnWriteWrite);
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    txn.put(&s.table, &cell("r", "c"), b"v".to_vec()).unwrap();
+    s.clock.advance(Duration::from_secs(30)); // the immutable-timestamp guard's lease runs out
+    let err = txn.commit().unwrap_err();
+    assert!(matches!(err, TxnError::LocksExpired { .. }), "{err}");
+    assert_eq!(err.retry_class(), RetryClass::Retriable);
+    let calls = trace(&s.log);
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c == "put_unless_exists _transactions" || c == "multi_put test.t"),
+        "{calls:?}"
+    );
+    assert_eq!(
+        s.manager
+            .begin_read_only()
+            .unwrap()
+            .get_one(&s.table, &cell("r", "c"))
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn a_lost_reply_to_the_commit_record_is_commit_outcome_unknown_but_committed() {
+    let s = setup(ConflictHandler::RetryOnWriteWrite);
+    let txns = TableRef::system("_transactions").unwrap();
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    txn.put(&s.table, &cell("r", "c"), b"v".to_vec()).unwrap();
+    s.kvs
+        .inject("put_unless_exists", Some(&txns), FaultTiming::After, 1);
+    let err = txn.commit().unwrap_err();
+    assert!(
+        matches!(err, TxnError::CommitOutcomeUnknown { .. }),
+        "{err}"
+    );
+    assert_eq!(err.retry_class(), RetryClass::CommitOutcomeUnknown);
+    // The write landed: the transaction is committed, and readers see it.
+    assert_eq!(
+        s.manager
+            .begin_read_only()
+            .unwrap()
+            .get_one(&s.table, &cell("r", "c"))
+            .unwrap(),
+        Some(b"v".to_vec())
+    );
+    // `run` does not retry an unknown outcome.
+    s.kvs
+        .inject("put_unless_exists", Some(&txns), FaultTiming::After, 1);
+    let mut attempts = 0;
+    let err = s
+        .manager
+        .run(|t| {
+            attempts += 1;
+            t.put(&s.table, &cell("r", "d"), b"x".to_vec())
+        })
+        .unwrap_err();
+    assert_eq!(
+        (attempts, err.retry_class()),
+        (1, RetryClass::CommitOutcomeUnknown)
+    );
+}
+
+#[test]
+fn a_failed_commit_record_write_is_outcome_unknown_and_readers_later_roll_it_back() {
+    let s = setup(ConflictHandler::RetryOnWriteWrite);
+    let txns = TableRef::system("_transactions").unwrap();
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    txn.put(&s.table, &cell("r", "c"), b"v".to_vec()).unwrap();
+    s.kvs
+        .inject("put_unless_exists", Some(&txns), FaultTiming::Before, 1);
+    let err = txn.commit().unwrap_err();
+    assert_eq!(err.retry_class(), RetryClass::CommitOutcomeUnknown);
+    // Its locks are gone, so the next reader decides: aborted.
+    assert_eq!(
+        s.manager
+            .begin_read_only()
+            .unwrap()
+            .get_one(&s.table, &cell("r", "c"))
+            .unwrap(),
+        None
+    );
+    let status = s
+        .manager
+        .transactions_table()
+        .load_uncached(&[txn.start_ts()])
+        .unwrap();
+    assert_eq!(status.get(&txn.start_ts()), Some(&TxnStatus::Aborted));
+}
+
+#[test]
+fn a_conflict_after_writing_data_records_the_abort_itself() {
+    let s = setup(ConflictHandler::Serializable);
+    s.manager
+        .run(|t| t.put(&s.table, &cell("r", "a"), b"1".to_vec()))
+        .unwrap();
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    txn.get_one(&s.table, &cell("r", "a")).unwrap();
+    txn.put(&s.table, &cell("r", "b"), b"2".to_vec()).unwrap();
+    s.manager
+        .run(|t| t.put(&s.table, &cell("r", "a"), b"changed".to_vec()))
+        .unwrap();
+    assert!(matches!(
+        txn.commit(),
+        Err(TxnError::SerializableConflict { .. })
+    ));
+    let status = s
+        .manager
+        .transactions_table()
+        .load_uncached(&[txn.start_ts()])
+        .unwrap();
+    assert_eq!(
+        status.get(&txn.start_ts()),
+        Some(&TxnStatus::Aborted),
+        "decided at once, no waiting for readers"
+    );
+}
+
+#[test]
+fn reads_never_take_locks() {
+    let s = setup(ConflictHandler::RetryOnWriteWrite);
+    s.manager
+        .run(|t| t.put(&s.table, &cell("r", "c"), b"v".to_vec()))
+        .unwrap();
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    s.log.lock().unwrap().clear();
+    txn.get_one(&s.table, &cell("r", "c")).unwrap();
+    assert!(
+        !trace(&s.log).iter().any(|c| c == "locks.lock"),
+        "{:?}",
+        trace(&s.log)
+    );
+    let _ = s.kvs.calls();
+}

@@ -1,0 +1,659 @@
+//! Transaction protocol behaviour on every backend: visibility, conflicts, rollbacks of other
+//! transactions, commit outcomes, read-only and serializable transactions.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ortelius_kvs::{
+    ColumnRange, ColumnSelection, KvsError, RangeRequest, RowRange, TableRef, Value,
+    SWEEP_SENTINEL_TS,
+};
+use ortelius_txn::{
+    ConflictHandler, Isolation, RetryClass, TransactionsTable, TxnError, TxnStatus,
+};
+
+on_every_backend!(
+    reads_see_own_writes_and_deletes,
+    uncommitted_writes_are_invisible_to_others,
+    reads_are_repeatable_within_a_transaction,
+    snapshot_sees_exactly_commits_before_start,
+    second_committer_of_a_cell_fails_whatever_the_start_order,
+    disjoint_cells_of_one_row_do_not_conflict,
+    ignore_all_tables_let_the_last_writer_win,
+    reader_rolls_back_abandoned_writer,
+    reader_waits_for_a_committing_writer_instead_of_rolling_it_back,
+    write_conflict_check_rolls_back_abandoned_writer,
+    range_scan_merges_own_writes_and_hides_uncommitted_data,
+    range_scan_streams_many_rows_in_both_directions,
+    get_rows_and_column_ranges_include_own_writes,
+    sweep_sentinel_read_is_retriable_and_orphaned_sentinel_is_ignored,
+    immutable_timestamp_lies_below_running_transactions,
+    read_only_transactions_refuse_writes,
+    bad_writes_are_refused,
+    closed_transactions_refuse_use,
+    transaction_rolled_back_by_another_fails_to_commit,
+    write_skew_is_possible_under_snapshot_isolation,
+    write_skew_is_refused_under_serializable,
+    serializable_table_validates_reads_without_serializable_mode,
+    phantom_row_in_scanned_range_fails_serializable_commit,
+    read_only_serializable_transactions_never_conflict,
+    runner_retries_conflicts_and_not_application_errors,
+);
+
+fn reads_see_own_writes_and_deletes(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    put_u64(&m, &t, &cell("a", "x"), 1);
+    m.run(|txn| {
+        assert_eq!(read_u64(txn, &t, &cell("a", "x"))?, Some(1));
+        txn.put(&t, &cell("a", "x"), 2u64.to_be_bytes())?;
+        assert_eq!(read_u64(txn, &t, &cell("a", "x"))?, Some(2));
+        txn.delete(&t, &cell("a", "x"))?;
+        assert_eq!(read_u64(txn, &t, &cell("a", "x"))?, None);
+        txn.put(&t, &cell("b", "y"), 3u64.to_be_bytes())
+    })
+    .unwrap();
+    let ro = m.begin_read_only().unwrap();
+    assert_eq!(
+        read_u64(&ro, &t, &cell("a", "x")).unwrap(),
+        None,
+        "the delete committed"
+    );
+    assert_eq!(read_u64(&ro, &t, &cell("b", "y")).unwrap(), Some(3));
+}
+
+fn uncommitted_writes_are_invisible_to_others(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    let writer = m.begin(Isolation::Snapshot).unwrap();
+    writer.put(&t, &cell("a", "x"), 1u64.to_be_bytes()).unwrap();
+    let reader = m.begin_read_only().unwrap();
+    assert_eq!(read_u64(&reader, &t, &cell("a", "x")).unwrap(), None);
+    writer.commit().unwrap();
+    assert_eq!(
+        read_u64(&reader, &t, &cell("a", "x")).unwrap(),
+        None,
+        "started before the commit"
+    );
+    assert_eq!(
+        read_u64(&m.begin_read_only().unwrap(), &t, &cell("a", "x")).unwrap(),
+        Some(1)
+    );
+}
+
+fn reads_are_repeatable_within_a_transaction(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    put_u64(&m, &t, &cell("a", "x"), 1);
+    let reader = m.begin(Isolation::Snapshot).unwrap();
+    assert_eq!(read_u64(&reader, &t, &cell("a", "x")).unwrap(), Some(1));
+    put_u64(&m, &t, &cell("a", "x"), 2);
+    m.run(|txn| txn.delete(&t, &cell("a", "x"))).unwrap();
+    put_u64(&m, &t, &cell("a", "y"), 5);
+    assert_eq!(read_u64(&reader, &t, &cell("a", "x")).unwrap(), Some(1));
+    assert_eq!(read_u64(&reader, &t, &cell("a", "y")).unwrap(), None);
+    assert_eq!(
+        reader.get_range(&t, &RangeRequest::all()).unwrap().count(),
+        1
+    );
+}
+
+fn snapshot_sees_exactly_commits_before_start(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    for v in 1..=5u64 {
+        put_u64(&m, &t, &cell("a", "x"), v);
+    }
+    let txn = m.begin_read_only().unwrap();
+    put_u64(&m, &t, &cell("a", "x"), 6);
+    assert_eq!(read_u64(&txn, &t, &cell("a", "x")).unwrap(), Some(5));
+}
+
+fn second_committer_of_a_cell_fails_whatever_the_start_order(store: &Store) {
+    let m = manager(store);
+    for handler in [
+        ConflictHandler::RetryOnWriteWrite,
+        ConflictHandler::RetryOnWriteWriteCell,
+    ] {
+        let t = table(&m, &format!("t{handler:?}"), handler);
+        for first_starts_first in [true, false] {
+            let (a, b) = if first_starts_first {
+                let a = m.begin(Isolation::Snapshot).unwrap();
+                (a, m.begin(Isolation::Snapshot).unwrap())
+            } else {
+                let b = m.begin(Isolation::Snapshot).unwrap();
+                (m.begin(Isolation::Snapshot).unwrap(), b)
+            };
+            a.put(&t, &cell("r", "c"), b"a".to_vec()).unwrap();
+            b.put(&t, &cell("r", "c"), b"b".to_vec()).unwrap();
+            a.commit().unwrap();
+            let err = b.commit().unwrap_err();
+            assert!(matches!(err, TxnError::WriteWriteConflict { .. }), "{err}");
+            assert_eq!(err.retry_class(), RetryClass::Retriable);
+            let ro = m.begin_read_only().unwrap();
+            assert_eq!(
+                ro.get_one(&t, &cell("r", "c")).unwrap(),
+                Some(b"a".to_vec())
+            );
+        }
+    }
+}
+
+fn disjoint_cells_of_one_row_do_not_conflict(store: &Store) {
+    let m = manager(store);
+    for handler in [
+        ConflictHandler::RetryOnWriteWrite,
+        ConflictHandler::RetryOnWriteWriteCell,
+    ] {
+        let t = table(&m, &format!("t{handler:?}"), handler);
+        let a = m.begin(Isolation::Snapshot).unwrap();
+        let b = m.begin(Isolation::Snapshot).unwrap();
+        a.put(&t, &cell("r", "x"), b"a".to_vec()).unwrap();
+        b.put(&t, &cell("r", "y"), b"b".to_vec()).unwrap();
+        a.commit().unwrap();
+        b.commit().unwrap();
+    }
+}
+
+fn ignore_all_tables_let_the_last_writer_win(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::IgnoreAll);
+    let a = m.begin(Isolation::Snapshot).unwrap();
+    let b = m.begin(Isolation::Snapshot).unwrap();
+    a.put(&t, &cell("r", "c"), b"a".to_vec()).unwrap();
+    b.put(&t, &cell("r", "c"), b"b".to_vec()).unwrap();
+    b.commit().unwrap();
+    a.commit().unwrap();
+}
+
+/// Writes `value` at a fresh start timestamp straight into the store, as a writer that died
+/// before its commit record would leave it.
+fn abandoned_write(
+    m: &ortelius_txn::TransactionManager,
+    t: &TableRef,
+    c: &ortelius_kvs::Cell,
+    value: &[u8],
+) -> i64 {
+    let start = m.fresh_timestamp().unwrap();
+    m.kvs()
+        .put(t, &[(c.clone(), value.to_vec())], start)
+        .unwrap();
+    start
+}
+
+fn reader_rolls_back_abandoned_writer(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    put_u64(&m, &t, &cell("a", "x"), 1);
+    let dead = abandoned_write(&m, &t, &cell("a", "x"), &9u64.to_be_bytes());
+    let ro = m.begin_read_only().unwrap();
+    assert_eq!(
+        read_u64(&ro, &t, &cell("a", "x")).unwrap(),
+        Some(1),
+        "reads below the garbage"
+    );
+    let status = m.transactions_table().load_uncached(&[dead]).unwrap();
+    assert_eq!(
+        status.get(&dead),
+        Some(&TxnStatus::Aborted),
+        "the reader decided it: aborted"
+    );
+}
+
+fn reader_waits_for_a_committing_writer_instead_of_rolling_it_back(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    let txns = m.transactions_table();
+    // A writer in the middle of committing: holds its commit lock, data written, commit ts taken.
+    let start = m.fresh_timestamp().unwrap();
+    let token = m
+        .locks()
+        .lock(&[txns.commit_lock(start)], Duration::from_secs(5))
+        .unwrap();
+    m.kvs()
+        .put(&t, &[(cell("a", "x"), 7u64.to_be_bytes().to_vec())], start)
+        .unwrap();
+    let commit = m.fresh_timestamp().unwrap();
+    let reader = m.begin_read_only().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(150));
+            txns.put_unless_exists(start, TxnStatus::Committed(commit))
+                .unwrap();
+            m.locks().unlock(&[token]).unwrap();
+        });
+        assert_eq!(
+            read_u64(&reader, &t, &cell("a", "x")).unwrap(),
+            Some(7),
+            "waited, then saw the commit"
+        );
+    });
+}
+
+fn write_conflict_check_rolls_back_abandoned_writer(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    let dead = abandoned_write(&m, &t, &cell("a", "x"), b"garbage");
+    m.run(|txn| txn.put(&t, &cell("a", "x"), b"new".to_vec()))
+        .unwrap();
+    assert_eq!(
+        m.transactions_table().load_uncached(&[dead]).unwrap()[&dead],
+        TxnStatus::Aborted
+    );
+    assert_eq!(
+        m.begin_read_only()
+            .unwrap()
+            .get_one(&t, &cell("a", "x"))
+            .unwrap(),
+        Some(b"new".to_vec())
+    );
+}
+
+fn rows_of(scan: ortelius_txn::RangeScan<'_>) -> Vec<(String, Vec<String>)> {
+    scan.map(|r| {
+        let r = r.unwrap();
+        let cols = r
+            .columns
+            .keys()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        (String::from_utf8_lossy(&r.row).into_owned(), cols)
+    })
+    .collect()
+}
+
+fn range_scan_merges_own_writes_and_hides_uncommitted_data(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    m.run(|txn| {
+        for row in ["a", "c", "e"] {
+            txn.put(&t, &cell(row, "x"), b"1".to_vec())?;
+        }
+        txn.put(&t, &cell("c", "y"), b"1".to_vec())
+    })
+    .unwrap();
+    abandoned_write(&m, &t, &cell("b", "x"), b"garbage");
+    let pending = m.begin(Isolation::Snapshot).unwrap();
+    pending
+        .put(&t, &cell("d", "x"), b"uncommitted".to_vec())
+        .unwrap();
+    let txn = m.begin(Isolation::Snapshot).unwrap();
+    txn.put(&t, &cell("f", "x"), b"mine".to_vec()).unwrap();
+    txn.put(&t, &cell("c", "z"), b"mine".to_vec()).unwrap();
+    txn.delete(&t, &cell("c", "y")).unwrap();
+    txn.delete(&t, &cell("e", "x")).unwrap();
+    let s = |v: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
+        v.iter()
+            .map(|(r, cs)| (r.to_string(), cs.iter().map(|c| c.to_string()).collect()))
+            .collect()
+    };
+    let forward = rows_of(txn.get_range(&t, &RangeRequest::all()).unwrap());
+    assert_eq!(
+        forward,
+        s(&[("a", &["x"]), ("c", &["x", "z"]), ("f", &["x"])])
+    );
+    let reverse = RangeRequest {
+        reverse: true,
+        ..RangeRequest::all()
+    };
+    let backward = rows_of(txn.get_range(&t, &reverse).unwrap());
+    assert_eq!(
+        backward,
+        s(&[("f", &["x"]), ("c", &["x", "z"]), ("a", &["x"])])
+    );
+    let bounded = RangeRequest {
+        rows: RowRange::new("b", "f"),
+        columns: ColumnSelection::only([b"z".to_vec()]),
+        reverse: false,
+    };
+    assert_eq!(
+        rows_of(txn.get_range(&t, &bounded).unwrap()),
+        s(&[("c", &["z"])])
+    );
+    drop(pending);
+}
+
+fn range_scan_streams_many_rows_in_both_directions(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    for chunk in 0..5u32 {
+        m.run(|txn| {
+            for i in chunk * 200..(chunk + 1) * 200 {
+                txn.put(
+                    &t,
+                    &ortelius_kvs::Cell::new(i.to_be_bytes(), "v").unwrap(),
+                    i.to_be_bytes(),
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let txn = m.begin_read_only().unwrap();
+    let rows: Vec<u32> = txn
+        .get_range(&t, &RangeRequest::all())
+        .unwrap()
+        .map(|r| u32::from_be_bytes(r.unwrap().row.try_into().unwrap()))
+        .collect();
+    assert_eq!(rows, (0..1000).collect::<Vec<_>>());
+    let reverse = RangeRequest {
+        reverse: true,
+        ..RangeRequest::all()
+    };
+    let first_three: Vec<u32> = txn
+        .get_range(&t, &reverse)
+        .unwrap()
+        .take(3)
+        .map(|r| u32::from_be_bytes(r.unwrap().row.try_into().unwrap()))
+        .collect();
+    assert_eq!(first_three, vec![999, 998, 997]);
+}
+
+fn get_rows_and_column_ranges_include_own_writes(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    m.run(|txn| {
+        for col in ["a", "b", "c", "d"] {
+            txn.put(&t, &cell("r", col), col.as_bytes().to_vec())?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let txn = m.begin(Isolation::Snapshot).unwrap();
+    txn.put(&t, &cell("r", "bb"), b"mine".to_vec()).unwrap();
+    txn.delete(&t, &cell("r", "c")).unwrap();
+    let cols: Vec<String> = txn
+        .get_column_range(&t, b"r", &ColumnRange::new("b", "d"))
+        .unwrap()
+        .into_iter()
+        .map(|(c, _)| String::from_utf8_lossy(c.column()).into_owned())
+        .collect();
+    assert_eq!(cols, ["b", "bb"]);
+    let rows = txn
+        .get_rows(
+            &t,
+            &[b"r".to_vec()],
+            &ColumnSelection::only([b"a".to_vec(), b"bb".to_vec(), b"c".to_vec()]),
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[&cell("r", "bb")], b"mine");
+}
+
+fn sweep_sentinel_read_is_retriable_and_orphaned_sentinel_is_ignored(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    let old_reader = m.begin_read_only().unwrap();
+    put_u64(&m, &t, &cell("a", "x"), 1);
+    // What conservative sweep leaves: the newest committed version and a sentinel below it.
+    m.kvs()
+        .add_garbage_collection_sentinel_values(&t, &[cell("a", "x")])
+        .unwrap();
+    let err = read_u64(&old_reader, &t, &cell("a", "x")).unwrap_err();
+    assert!(matches!(err, TxnError::SweepSentinel { .. }), "{err}");
+    assert_eq!(err.retry_class(), RetryClass::Retriable);
+    // An orphaned sentinel (nothing committed above it) reads as absent.
+    m.kvs()
+        .put_with_timestamps(&t, &[(cell("b", "x"), Value::new("", SWEEP_SENTINEL_TS))])
+        .unwrap();
+    let fresh = m.begin_read_only().unwrap();
+    assert_eq!(read_u64(&fresh, &t, &cell("b", "x")).unwrap(), None);
+    assert_eq!(read_u64(&fresh, &t, &cell("a", "x")).unwrap(), Some(1));
+}
+
+fn immutable_timestamp_lies_below_running_transactions(store: &Store) {
+    let m = manager(store);
+    let before = m.fresh_timestamp().unwrap();
+    let txn = m.begin(Isolation::Snapshot).unwrap();
+    let immutable = m.immutable_timestamp().unwrap();
+    let after = m.fresh_timestamp().unwrap();
+    assert!(before < immutable && immutable < txn.start_ts() && txn.start_ts() < after);
+    txn.commit().unwrap();
+    assert!(
+        m.immutable_timestamp().unwrap() > txn.start_ts(),
+        "released at the end"
+    );
+}
+
+fn read_only_transactions_refuse_writes(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    let ro = m.begin_read_only().unwrap();
+    assert!(matches!(
+        ro.put(&t, &cell("a", "x"), b"v".to_vec()),
+        Err(TxnError::WriteInReadOnly { .. })
+    ));
+    assert!(matches!(
+        ro.delete(&t, &cell("a", "x")),
+        Err(TxnError::WriteInReadOnly { .. })
+    ));
+}
+
+fn bad_writes_are_refused(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    let txn = m.begin(Isolation::Snapshot).unwrap();
+    assert!(matches!(
+        txn.put(&t, &cell("a", "x"), Vec::new()),
+        Err(TxnError::EmptyValue { .. })
+    ));
+    let sys = TableRef::system("_transactions").unwrap();
+    assert!(matches!(
+        txn.put(&sys, &cell("a", "x"), b"v".to_vec()),
+        Err(TxnError::SystemTable { .. })
+    ));
+    assert!(matches!(
+        txn.get_one(&sys, &cell("a", "x")),
+        Err(TxnError::SystemTable { .. })
+    ));
+    let missing = TableRef::new("test", "missing").unwrap();
+    assert!(matches!(
+        txn.put(&missing, &cell("a", "x"), b"v".to_vec()),
+        Err(TxnError::Store(KvsError::TableNotFound { .. }))
+    ));
+    assert!(matches!(
+        m.create_table(&sys, Default::default()),
+        Err(TxnError::SystemTable { .. })
+    ));
+    txn.commit().unwrap();
+}
+
+fn closed_transactions_refuse_use(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    let txn = m.begin(Isolation::Snapshot).unwrap();
+    txn.commit().unwrap();
+    assert!(matches!(
+        txn.get_one(&t, &cell("a", "x")),
+        Err(TxnError::NotOpen { state: "committed" })
+    ));
+    assert!(matches!(txn.commit(), Err(TxnError::NotOpen { .. })));
+    let aborted = m.begin(Isolation::Snapshot).unwrap();
+    aborted.put(&t, &cell("a", "x"), b"v".to_vec()).unwrap();
+    aborted.abort();
+    assert!(matches!(
+        aborted.put(&t, &cell("a", "x"), b"v".to_vec()),
+        Err(TxnError::NotOpen { state: "aborted" })
+    ));
+    assert_eq!(
+        m.begin_read_only()
+            .unwrap()
+            .get_one(&t, &cell("a", "x"))
+            .unwrap(),
+        None
+    );
+}
+
+fn transaction_rolled_back_by_another_fails_to_commit(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    let txn = m.begin(Isolation::Snapshot).unwrap();
+    txn.put(&t, &cell("a", "x"), b"v".to_vec()).unwrap();
+    // Another party decides first (a reader that found our data and our locks gone).
+    m.transactions_table()
+        .put_unless_exists(txn.start_ts(), TxnStatus::Aborted)
+        .unwrap();
+    let err = txn.commit().unwrap_err();
+    assert!(matches!(err, TxnError::RolledBackByOther { .. }), "{err}");
+    assert_eq!(err.retry_class(), RetryClass::Retriable);
+    assert_eq!(
+        m.begin_read_only()
+            .unwrap()
+            .get_one(&t, &cell("a", "x"))
+            .unwrap(),
+        None
+    );
+}
+
+/// Two on-call doctors: each transaction checks that at least one stays on call, then takes
+/// itself off. Returns the two commit results.
+fn doctors(store: &Store, isolation: Isolation, handler: ConflictHandler) -> (bool, bool) {
+    let m = manager(store);
+    let t = table(&m, "doctors", handler);
+    put_u64(&m, &t, &cell("alice", "on_call"), 1);
+    put_u64(&m, &t, &cell("bob", "on_call"), 1);
+    let a = m.begin(isolation).unwrap();
+    let b = m.begin(isolation).unwrap();
+    for (txn, me) in [(&a, "alice"), (&b, "bob")] {
+        let on_call: u64 = [cell("alice", "on_call"), cell("bob", "on_call")]
+            .iter()
+            .map(|c| read_u64(txn, &t, c).unwrap().unwrap())
+            .sum();
+        assert_eq!(on_call, 2);
+        txn.put(&t, &cell(me, "on_call"), 0u64.to_be_bytes())
+            .unwrap();
+    }
+    (
+        a.commit().is_ok(),
+        b.commit()
+            .map_err(|e| assert!(matches!(e, TxnError::SerializableConflict { .. }), "{e}"))
+            .is_ok(),
+    )
+}
+
+fn write_skew_is_possible_under_snapshot_isolation(store: &Store) {
+    assert_eq!(
+        doctors(
+            store,
+            Isolation::Snapshot,
+            ConflictHandler::RetryOnWriteWrite
+        ),
+        (true, true),
+        "both left: write skew"
+    );
+}
+
+fn write_skew_is_refused_under_serializable(store: &Store) {
+    assert_eq!(
+        doctors(
+            store,
+            Isolation::Serializable,
+            ConflictHandler::RetryOnWriteWrite
+        ),
+        (true, false)
+    );
+}
+
+fn serializable_table_validates_reads_without_serializable_mode(store: &Store) {
+    assert_eq!(
+        doctors(store, Isolation::Snapshot, ConflictHandler::Serializable),
+        (true, false)
+    );
+    let other = memory();
+    assert_eq!(
+        doctors(
+            &other,
+            Isolation::Snapshot,
+            ConflictHandler::SerializableCell
+        ),
+        (true, false)
+    );
+}
+
+fn phantom_row_in_scanned_range_fails_serializable_commit(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    let log = table(&m, "log", ConflictHandler::RetryOnWriteWrite);
+    let scanner = m.begin(Isolation::Serializable).unwrap();
+    assert_eq!(
+        scanner.get_range(&t, &RangeRequest::all()).unwrap().count(),
+        0
+    );
+    scanner
+        .put(&log, &cell("count", "n"), 0u64.to_be_bytes())
+        .unwrap();
+    put_u64(&m, &t, &cell("new", "x"), 1);
+    let err = scanner.commit().unwrap_err();
+    assert!(
+        matches!(err, TxnError::SerializableConflict { .. }),
+        "{err}"
+    );
+    // A concurrent commit elsewhere (another table) does not disturb the scanned range.
+    let again = m.begin(Isolation::Serializable).unwrap();
+    assert_eq!(
+        again.get_range(&t, &RangeRequest::all()).unwrap().count(),
+        1
+    );
+    again
+        .put(&log, &cell("count", "n"), 1u64.to_be_bytes())
+        .unwrap();
+    let unrelated = table(&m, "unrelated", ConflictHandler::RetryOnWriteWrite);
+    put_u64(&m, &unrelated, &cell("z", "z"), 1);
+    again.commit().unwrap();
+}
+
+fn read_only_serializable_transactions_never_conflict(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::Serializable);
+    put_u64(&m, &t, &cell("a", "x"), 1);
+    let reader = m.begin(Isolation::Serializable).unwrap();
+    assert_eq!(read_u64(&reader, &t, &cell("a", "x")).unwrap(), Some(1));
+    put_u64(&m, &t, &cell("a", "x"), 2);
+    reader.commit().unwrap();
+}
+
+fn runner_retries_conflicts_and_not_application_errors(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    let mut attempts = 0;
+    m.run(|txn| {
+        attempts += 1;
+        let v = read_u64(txn, &t, &cell("a", "x"))?.unwrap_or(0);
+        if attempts == 1 {
+            put_u64(&m, &t, &cell("a", "x"), 100); // a concurrent commit: this attempt must fail
+        }
+        txn.put(&t, &cell("a", "x"), (v + 1).to_be_bytes())
+    })
+    .unwrap();
+    assert_eq!(attempts, 2);
+    assert_eq!(
+        read_u64(&m.begin_read_only().unwrap(), &t, &cell("a", "x")).unwrap(),
+        Some(101)
+    );
+    let mut calls = 0;
+    let err = m
+        .run(|_| -> ortelius_txn::TxnResult<()> {
+            calls += 1;
+            Err(TxnError::application("insufficient funds"))
+        })
+        .unwrap_err();
+    assert_eq!((calls, err.retry_class()), (1, RetryClass::NotRetriable));
+    let mut tries = 0u32;
+    let err = m
+        .run(|txn| {
+            tries += 1;
+            Err::<(), _>(TxnError::WriteWriteConflict {
+                table: t.clone(),
+                cell: cell("a", "x"),
+                start_ts: txn.start_ts(),
+                their_start_ts: 0,
+                their_commit_ts: None,
+            })
+        })
+        .unwrap_err();
+    assert!(matches!(err, TxnError::RetriesExhausted { .. }));
+    assert_eq!(tries, common::config().max_retries + 1);
+}
