@@ -11,7 +11,7 @@ mod keys;
 mod range;
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
@@ -169,11 +169,7 @@ impl RocksDbKvs {
         cells: impl Iterator<Item = &'a Cell>,
     ) -> KvsResult<Vec<MutexGuard<'_, ()>>> {
         let mut idx: Vec<usize> = cells
-            .map(|c| {
-                let mut h = self.hasher.build_hasher();
-                c.hash(&mut h);
-                (h.finish() % ATOMIC_STRIPES as u64) as usize
-            })
+            .map(|c| (self.hasher.hash_one(c) % ATOMIC_STRIPES as u64) as usize)
             .collect();
         idx.sort_unstable();
         idx.dedup();
@@ -624,7 +620,6 @@ impl KeyValueService for RocksDbKvs {
             return Err(KvsError::CheckAndSetFailed {
                 table: table.clone(),
                 cell: request.cell.clone(),
-                expected: request.expected.clone(),
                 actual,
             });
         }

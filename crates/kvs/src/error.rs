@@ -30,11 +30,11 @@ pub enum KvsError {
         cell: Cell,
         timestamp: Timestamp,
     },
-    #[error("check_and_set on {table} {cell} failed: expected {expected:?}, found {actual:?}")]
+    /// `check_and_set` found a value other than the expected one (`actual`; `None` = absent).
+    #[error("check_and_set on {table} {cell} failed: the cell holds {actual:?}")]
     CheckAndSetFailed {
         table: TableRef,
         cell: Cell,
-        expected: Option<Vec<u8>>,
         actual: Option<Vec<u8>>,
     },
     #[error("the store at {} is already open in another process (or elsewhere in this one); stop that process or use its management API", dir.display())]

@@ -522,7 +522,6 @@ impl KeyValueService for MemoryKvs {
                 return Err(KvsError::CheckAndSetFailed {
                     table: table.clone(),
                     cell: request.cell.clone(),
-                    expected: request.expected.clone(),
                     actual,
                 });
             }

@@ -32,18 +32,27 @@ struct Fault {
 /// One recorded call: operation name and qualified table name ("" for none).
 pub type Call = (&'static str, String);
 
+/// A call log that several recording wrappers (store, locks, timestamps) can share, so a test
+/// sees how their calls interleave.
+pub type CallLog = Arc<Mutex<Vec<Call>>>;
+
 /// Wraps a store, recording calls and injecting faults.
 pub struct RecordingKvs {
     inner: Arc<dyn KeyValueService>,
-    calls: Mutex<Vec<Call>>,
+    calls: CallLog,
     faults: Mutex<Vec<Fault>>,
 }
 
 impl RecordingKvs {
     pub fn new(inner: Arc<dyn KeyValueService>) -> Self {
+        Self::with_log(inner, CallLog::default())
+    }
+
+    /// Records into `log`, which other wrappers may share.
+    pub fn with_log(inner: Arc<dyn KeyValueService>, log: CallLog) -> Self {
         Self {
             inner,
-            calls: Mutex::new(Vec::new()),
+            calls: log,
             faults: Mutex::new(Vec::new()),
         }
     }

@@ -161,7 +161,7 @@ fn wait_for_locks_waits_without_taking() {
         assert!(waiter.join().unwrap() >= SHORT / 2);
     });
     // Waiting took nothing: the lock is free.
-    locks.lock(&[row.clone()], SHORT).unwrap();
+    locks.lock(std::slice::from_ref(&row), SHORT).unwrap();
     assert_ne!(
         row,
         LockDescriptor::cell(&table, &t),

@@ -113,7 +113,6 @@ pub(crate) fn check_write_write_conflicts(
                             return Err(TxnError::WriteWriteConflict {
                                 table: table.clone(),
                                 cell,
-                                start_ts: txn.start_ts,
                                 their_start_ts: their_start,
                                 their_commit_ts: Some(*their_commit),
                             });
@@ -271,7 +270,7 @@ pub(crate) fn put_commit_record(txn: &Transaction, commit_ts: Timestamp) -> TxnR
         Err(source) => Err(TxnError::CommitOutcomeUnknown {
             start_ts: txn.start_ts,
             commit_ts,
-            source,
+            source: Box::new(source),
         }),
     }
 }

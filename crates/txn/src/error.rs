@@ -18,11 +18,10 @@ pub enum RetryClass {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TxnError {
-    #[error("write-write conflict on {table} {cell}: transaction {their_start_ts} (commit {their_commit_ts:?}) wrote it after this transaction started at {start_ts}")]
+    #[error("write-write conflict on {table} {cell}: transaction {their_start_ts} (commit {their_commit_ts:?}) wrote it after this transaction started")]
     WriteWriteConflict {
         table: TableRef,
         cell: Cell,
-        start_ts: Timestamp,
         their_start_ts: Timestamp,
         their_commit_ts: Option<Timestamp>,
     },
@@ -42,7 +41,7 @@ pub enum TxnError {
     CommitOutcomeUnknown {
         start_ts: Timestamp,
         commit_ts: Timestamp,
-        source: KvsError,
+        source: Box<KvsError>,
     },
     #[error("cannot write to {table}: this transaction is read-only")]
     WriteInReadOnly { table: TableRef },
@@ -54,8 +53,9 @@ pub enum TxnError {
     SystemTable { table: TableRef },
     #[error("gave up after {attempts} attempts; last error: {last}")]
     RetriesExhausted { attempts: u32, last: Box<TxnError> },
+    /// A store error (boxed: it is large, and errors are the slow path).
     #[error(transparent)]
-    Store(#[from] KvsError),
+    Store(Box<KvsError>),
     #[error("timestamp service: {0}")]
     Timestamp(#[from] TimestampError),
     #[error("lock service: {0}")]
@@ -63,6 +63,12 @@ pub enum TxnError {
     /// An error of the application's own, returned from a `run` closure; never retried.
     #[error("{0}")]
     Application(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<KvsError> for TxnError {
+    fn from(e: KvsError) -> Self {
+        Self::Store(Box::new(e))
+    }
 }
 
 impl TxnError {

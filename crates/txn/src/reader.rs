@@ -128,10 +128,16 @@ impl Reader<'_> {
             if raw.is_empty() {
                 return Ok(visible);
             }
+            let own_start = match self.mode {
+                ReadMode::Validation { own_start } => Some(own_start),
+                ReadMode::Snapshot => None,
+            };
+            // Our own versions (validation only) are skipped below, never resolved: resolving
+            // them would wait on our own commit lock and then roll ourselves back.
             let mut starts: Vec<Timestamp> = raw
                 .values()
                 .map(|v| v.timestamp)
-                .filter(|ts| *ts != SWEEP_SENTINEL_TS)
+                .filter(|ts| *ts != SWEEP_SENTINEL_TS && Some(*ts) != own_start)
                 .collect();
             starts.sort_unstable();
             starts.dedup();
@@ -142,11 +148,9 @@ impl Reader<'_> {
                     self.check_sentinel(table, &cell)?;
                     continue;
                 }
-                if let ReadMode::Validation { own_start } = self.mode {
-                    if value.timestamp == own_start {
-                        reload.push((cell, value.timestamp));
-                        continue;
-                    }
+                if Some(value.timestamp) == own_start {
+                    reload.push((cell, value.timestamp));
+                    continue;
                 }
                 match statuses.get(&value.timestamp) {
                     Some(TxnStatus::Committed(commit)) if *commit < self.read_ts => {

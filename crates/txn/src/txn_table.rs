@@ -63,9 +63,12 @@ pub struct CleanReport {
     pub deleted: u64,
 }
 
+/// One cache shard: the outcomes and their insertion order (for FIFO eviction).
+type CacheShard = Mutex<(HashMap<Timestamp, TxnStatus>, VecDeque<Timestamp>)>;
+
 /// A bounded cache of decided outcomes (they never change), FIFO-evicted per shard.
 struct StatusCache {
-    shards: Vec<Mutex<(HashMap<Timestamp, TxnStatus>, VecDeque<Timestamp>)>>,
+    shards: Vec<CacheShard>,
     per_shard: usize,
 }
 
@@ -79,7 +82,7 @@ impl StatusCache {
         }
     }
 
-    fn shard(&self, ts: Timestamp) -> &Mutex<(HashMap<Timestamp, TxnStatus>, VecDeque<Timestamp>)> {
+    fn shard(&self, ts: Timestamp) -> &CacheShard {
         &self.shards[(ts.unsigned_abs() % CACHE_SHARDS as u64) as usize]
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{cell, config};
 use ortelius_kvs::memory::MemoryKvs;
 use ortelius_kvs::testing::{CallLog, FaultTiming, RecordingKvs};
-use ortelius_kvs::{KeyValueService, TableRef, Timestamp};
+use ortelius_kvs::{TableRef, Timestamp};
 use ortelius_timelock::{
     FastForward, InProcessLockService, LockDescriptor, LockError, LockService, LockToken,
     ManualClock, PersistentTimestampService, TimestampError, TimestampRange, TimestampService,
@@ -138,6 +138,7 @@ fn trace(log: &CallLog) -> Vec<String> {
 #[test]
 fn begin_locks_the_immutable_timestamp_before_taking_the_start_timestamp() {
     let s = setup(ConflictHandler::RetryOnWriteWrite);
+    s.manager.fresh_timestamp().unwrap(); // the first one also persists the timestamp bound
     s.log.lock().unwrap().clear();
     let _txn = s.manager.begin(Isolation::Snapshot).unwrap();
     assert_eq!(

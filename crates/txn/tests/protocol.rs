@@ -11,9 +11,7 @@ use ortelius_kvs::{
     ColumnRange, ColumnSelection, KvsError, RangeRequest, RowRange, TableRef, Value,
     SWEEP_SENTINEL_TS,
 };
-use ortelius_txn::{
-    ConflictHandler, Isolation, RetryClass, TransactionsTable, TxnError, TxnStatus,
-};
+use ortelius_txn::{ConflictHandler, Isolation, RetryClass, TxnError, TxnStatus};
 
 on_every_backend!(
     reads_see_own_writes_and_deletes,
@@ -452,7 +450,7 @@ fn bad_writes_are_refused(store: &Store) {
     let missing = TableRef::new("test", "missing").unwrap();
     assert!(matches!(
         txn.put(&missing, &cell("a", "x"), b"v".to_vec()),
-        Err(TxnError::Store(KvsError::TableNotFound { .. }))
+        Err(TxnError::Store(e)) if matches!(*e, KvsError::TableNotFound { .. })
     ));
     assert!(matches!(
         m.create_table(&sys, Default::default()),
@@ -643,12 +641,11 @@ fn runner_retries_conflicts_and_not_application_errors(store: &Store) {
     assert_eq!((calls, err.retry_class()), (1, RetryClass::NotRetriable));
     let mut tries = 0u32;
     let err = m
-        .run(|txn| {
+        .run(|_| {
             tries += 1;
             Err::<(), _>(TxnError::WriteWriteConflict {
                 table: t.clone(),
                 cell: cell("a", "x"),
-                start_ts: txn.start_ts(),
                 their_start_ts: 0,
                 their_commit_ts: None,
             })
