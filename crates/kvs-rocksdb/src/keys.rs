@@ -132,8 +132,6 @@ pub(crate) struct DecodedKey {
     pub ts: Timestamp,
     /// Length of the key without the timestamp (the cell prefix).
     pub cell_prefix_len: usize,
-    /// Length of the row prefix.
-    pub row_prefix_len: usize,
 }
 
 fn unescape(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
@@ -156,6 +154,53 @@ fn unescape(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
     None
 }
 
+/// Where a version key's parts end, found without allocating: the row prefix is
+/// `key[..row_end]`, the cell prefix `key[..cell_end]`, the timestamp the 8 bytes after it.
+#[derive(Clone, Copy)]
+pub(crate) struct Layout {
+    pub row_end: usize,
+    pub cell_end: usize,
+}
+
+/// The end of the escaped name starting at `from` (just past its terminator).
+fn name_end(key: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        let zero = i + key.get(i..)?.iter().position(|b| *b == 0)?;
+        match key.get(zero + 1)? {
+            0x01 => return Some(zero + 2),
+            0xFF => i = zero + 2,
+            _ => return None,
+        }
+    }
+}
+
+pub(crate) fn layout(key: &[u8]) -> KvsResult<Layout> {
+    let corrupt = || KvsError::Corruption {
+        detail: format!("malformed version key {}", key.escape_ascii()),
+    };
+    let row_end = name_end(key, TABLE_PREFIX_LEN).ok_or_else(corrupt)?;
+    let cell_end = name_end(key, row_end).ok_or_else(corrupt)?;
+    if key.len() != cell_end + TS_LEN {
+        return Err(corrupt());
+    }
+    Ok(Layout { row_end, cell_end })
+}
+
+/// The column name of a key with this layout.
+pub(crate) fn column_of(key: &[u8], layout: Layout) -> Vec<u8> {
+    unescape(&key[layout.row_end..layout.cell_end])
+        .map(|(name, _)| name)
+        .unwrap_or_default()
+}
+
+/// The row name of a key with this layout.
+pub(crate) fn row_of(key: &[u8], layout: Layout) -> Vec<u8> {
+    unescape(&key[TABLE_PREFIX_LEN..layout.row_end])
+        .map(|(name, _)| name)
+        .unwrap_or_default()
+}
+
 pub(crate) fn decode(key: &[u8]) -> KvsResult<DecodedKey> {
     let corrupt = || KvsError::Corruption {
         detail: format!("malformed version key {}", key.escape_ascii()),
@@ -174,7 +219,6 @@ pub(crate) fn decode(key: &[u8]) -> KvsResult<DecodedKey> {
         column,
         ts,
         cell_prefix_len,
-        row_prefix_len: TABLE_PREFIX_LEN + row_len,
     })
 }
 
@@ -197,6 +241,10 @@ mod tests {
             let cell = Cell::new(row.clone(), col.clone()).unwrap();
             let key = version_key(7, &cell, ts);
             let d = decode(&key).unwrap();
+            let l = layout(&key).unwrap();
+            prop_assert_eq!(l.cell_end, d.cell_prefix_len);
+            prop_assert_eq!(row_of(&key, l), row.clone());
+            prop_assert_eq!(column_of(&key, l), col.clone());
             prop_assert_eq!((d.row, d.column, d.ts), (row, col, ts));
         }
 

@@ -198,7 +198,14 @@ impl RocksDbKvs {
     ) -> KvsResult<()> {
         for (cell, ts, value) in writes {
             let key = keys::version_key(table_id, cell, ts);
-            if let Some(existing) = self.db.get_pinned(&key).map_err(storage)? {
+            // `key_may_exist` answers from the memtable and bloom filters: a "no" (the usual
+            // case, a fresh version) needs no read.
+            let existing = if self.db.key_may_exist(&key) {
+                self.db.get_pinned(&key).map_err(storage)?
+            } else {
+                None
+            };
+            if let Some(existing) = existing {
                 if existing.as_ref() != value {
                     return Err(KvsError::ValueAlreadyWritten {
                         table: table.clone(),

@@ -43,6 +43,8 @@ pub(crate) fn collect_cells(
     ts: Timestamp,
 ) -> KvsResult<Vec<(Vec<u8>, Value)>> {
     let mut out = Vec::new();
+    // The current cell's prefix, reused across cells to avoid an allocation per cell.
+    let mut cell_prefix = Vec::new();
     loop {
         let Some(key) = iter.key() else {
             iter.status().map_err(storage)?;
@@ -51,10 +53,13 @@ pub(crate) fn collect_cells(
         if !key.starts_with(row_prefix) || upper.is_some_and(|u| key >= u) {
             return Ok(out);
         }
-        let decoded = keys::decode(key)?;
-        let cell_prefix = key[..decoded.cell_prefix_len].to_vec();
-        if select(&decoded.column) {
-            if decoded.ts >= ts {
+        let layout = keys::layout(key)?;
+        cell_prefix.clear();
+        cell_prefix.extend_from_slice(&key[..layout.cell_end]);
+        let column = keys::column_of(key, layout);
+        if select(&column) {
+            let version_ts = keys::ts_of(key, layout.cell_end).unwrap_or(ts);
+            if version_ts >= ts {
                 advance_to(iter, &keys::with_ts(&cell_prefix, ts - 1));
             }
             if let (Some(k), Some(v)) = (iter.key(), iter.value()) {
@@ -63,11 +68,25 @@ pub(crate) fn collect_cells(
                         keys::ts_of(k, cell_prefix.len()).ok_or_else(|| KvsError::Corruption {
                             detail: format!("malformed version key {}", k.escape_ascii()),
                         })?;
-                    out.push((decoded.column, Value::new(v, version_ts)));
+                    out.push((column, Value::new(v, version_ts)));
                 }
             }
         }
-        advance_to(iter, &keys::past_terminator(cell_prefix));
+        skip_cell(iter, &cell_prefix);
+    }
+}
+
+/// Moves past every remaining version of the cell with this prefix: a few `next()` steps (most
+/// cells have few versions), then one seek.
+fn skip_cell(iter: &mut DBRawIterator<'_>, cell_prefix: &[u8]) {
+    for _ in 0..SEQUENTIAL_SKIPS {
+        match iter.key() {
+            Some(k) if k.starts_with(cell_prefix) => iter.next(),
+            _ => return,
+        }
+    }
+    if iter.key().is_some_and(|k| k.starts_with(cell_prefix)) {
+        iter.seek(keys::past_terminator(cell_prefix.to_vec()));
     }
 }
 
@@ -80,7 +99,7 @@ pub(crate) fn collect_row(
     ts: Timestamp,
 ) -> KvsResult<Option<RowResult>> {
     let row = match iter.key() {
-        Some(k) if k.starts_with(row_prefix) => keys::decode(k)?.row,
+        Some(k) if k.starts_with(row_prefix) => keys::row_of(k, keys::layout(k)?),
         _ => return Ok(None),
     };
     let cells = collect_cells(iter, row_prefix, None, &|c| columns.contains(c), ts)?;
@@ -149,8 +168,7 @@ impl<'a> RocksRangeIter<'a> {
                 iter.status().map_err(storage)?;
                 return Ok(None);
             };
-            let decoded = keys::decode(key)?;
-            let row_prefix = key[..decoded.row_prefix_len].to_vec();
+            let row_prefix = key[..keys::layout(key)?.row_end].to_vec();
             if self.reverse {
                 iter.seek(&row_prefix);
                 let row = collect_row(iter, &row_prefix, &self.columns, self.ts)?;

@@ -639,6 +639,11 @@ fn runner_retries_conflicts_and_not_application_errors(store: &Store) {
         })
         .unwrap_err();
     assert_eq!((calls, err.retry_class()), (1, RetryClass::NotRetriable));
+    let budget = ortelius_txn::TransactionConfig {
+        max_retries: 3,
+        ..common::config()
+    };
+    let m = ortelius_txn::TransactionManager::embedded(store.kvs.clone(), budget.clone()).unwrap();
     let mut tries = 0u32;
     let err = m
         .run(|_| {
@@ -652,5 +657,5 @@ fn runner_retries_conflicts_and_not_application_errors(store: &Store) {
         })
         .unwrap_err();
     assert!(matches!(err, TxnError::RetriesExhausted { .. }));
-    assert_eq!(tries, common::config().max_retries + 1);
+    assert_eq!(tries, budget.max_retries + 1);
 }

@@ -1,0 +1,257 @@
+//! The cost of transactions: Ortelius transactions on its RocksDB backend against raw RocksDB
+//! doing the same logical work with the same durability, in the same run, at 1 and 8 threads.
+//! Each group has `raw` and `ortelius`; `scripts/bench-ratios.py` prints raw-time /
+//! ortelius-time. Targets: single-cell write transactions ≥ 0.5× raw synced writes, read-only
+//! point reads ≥ 0.85× raw gets, a 95/5 read/write mix ≥ 0.6×.
+//!
+//! Durability parity: raw writes are synced (`sync = true`); a transaction writes its data
+//! unsynced and its commit record synced, which makes the data durable too (one WAL).
+//!
+//! The `memory` group prints memory per open transaction and the peak heap of scanning 1M rows,
+//! measured with a counting allocator (Rust heap only; RocksDB's C++ allocations not included).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// The counting allocator below needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ortelius_kvs::{Cell, KeyValueService, RangeRequest, TableRef};
+use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+use ortelius_txn::{Isolation, TableMetadata, TransactionConfig, TransactionManager};
+use rocksdb::{Options, WriteOptions, DB};
+
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const KEYS: u64 = 100_000;
+const VALUE: [u8; 100] = [7; 100];
+
+fn key(i: u64) -> [u8; 8] {
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes()
+}
+
+struct Stores {
+    _dir: tempfile::TempDir,
+    raw: DB,
+    manager: TransactionManager,
+    table: TableRef,
+}
+
+fn stores() -> Stores {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let mut table_opts = rocksdb::BlockBasedOptions::default();
+    table_opts.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&table_opts);
+    let raw = DB::open(&opts, dir.path().join("raw")).unwrap();
+    let kvs: Arc<dyn KeyValueService> =
+        Arc::new(RocksDbKvs::open(dir.path().join("ortelius"), &RocksDbConfig::default()).unwrap());
+    let manager = TransactionManager::embedded(kvs, TransactionConfig::default()).unwrap();
+    let table = TableRef::new("bench", "t").unwrap();
+    manager
+        .create_table(&table, TableMetadata::default())
+        .unwrap();
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(5000) {
+        let mut batch = rocksdb::WriteBatch::default();
+        for &i in chunk {
+            batch.put(key(i), VALUE);
+        }
+        raw.write(batch).unwrap();
+        manager
+            .run(|txn| {
+                for &i in chunk {
+                    txn.put(&table, &Cell::new(key(i), "v").unwrap(), VALUE.to_vec())?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    Stores {
+        _dir: dir,
+        raw,
+        manager,
+        table,
+    }
+}
+
+/// Runs `iters` operations split over `threads` threads; returns the wall time.
+fn parallel(iters: u64, threads: u64, op: impl Fn(u64) + Sync) -> Duration {
+    let next = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= iters {
+                    break;
+                }
+                op(i);
+            });
+        }
+    });
+    started.elapsed()
+}
+
+fn raw_write(s: &Stores, i: u64) {
+    let mut synced = WriteOptions::default();
+    synced.set_sync(true);
+    s.raw.put_opt(key(KEYS + i), VALUE, &synced).unwrap();
+}
+
+fn txn_write(s: &Stores, i: u64) {
+    let cell = Cell::new(key(KEYS + i), "v").unwrap();
+    s.manager
+        .run(|txn| txn.put(&s.table, &cell, VALUE.to_vec()))
+        .unwrap();
+}
+
+fn raw_read(s: &Stores, i: u64) {
+    black_box(s.raw.get(key((i * 7919) % KEYS)).unwrap());
+}
+
+fn txn_read(s: &Stores, i: u64) {
+    let cell = Cell::new(key((i * 7919) % KEYS), "v").unwrap();
+    black_box(
+        s.manager
+            .run_read_only(|txn| txn.get_one(&s.table, &cell))
+            .unwrap(),
+    );
+}
+
+fn bench_ops(
+    c: &mut Criterion,
+    s: &Stores,
+    name: &str,
+    threads: u64,
+    raw: fn(&Stores, u64),
+    ours: fn(&Stores, u64),
+) {
+    let mut group = c.benchmark_group(format!("{name}_{threads}t"));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(4));
+    group.warm_up_time(Duration::from_secs(1));
+    group.bench_function("raw", |b| {
+        b.iter_custom(|iters| parallel(iters, threads, |i| raw(s, i)))
+    });
+    group.bench_function("ortelius", |b| {
+        b.iter_custom(|iters| parallel(iters, threads, |i| ours(s, i)))
+    });
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let s = stores();
+    for threads in [1, 8] {
+        bench_ops(c, &s, "write_txn", threads, raw_write, txn_write);
+        bench_ops(c, &s, "read_txn", threads, raw_read, txn_read);
+        bench_ops(
+            c,
+            &s,
+            "mix_95_5",
+            threads,
+            |s, i| {
+                if i % 20 == 0 {
+                    raw_write(s, i)
+                } else {
+                    raw_read(s, i)
+                }
+            },
+            |s, i| {
+                if i % 20 == 0 {
+                    txn_write(s, i)
+                } else {
+                    txn_read(s, i)
+                }
+            },
+        );
+    }
+}
+
+fn memory(_: &mut Criterion) {
+    let s = stores();
+    // Memory per open write transaction holding one buffered write.
+    const OPEN: usize = 10_000;
+    let before = LIVE.load(Ordering::SeqCst);
+    let txns: Vec<_> = (0..OPEN)
+        .map(|i| {
+            let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+            txn.put(
+                &s.table,
+                &Cell::new(key(i as u64), "v").unwrap(),
+                VALUE.to_vec(),
+            )
+            .unwrap();
+            txn
+        })
+        .collect();
+    let per_txn = (LIVE.load(Ordering::SeqCst) - before) / OPEN;
+    drop(txns);
+    // Peak heap while scanning 1M rows in one transaction.
+    const ROWS: u64 = 1_000_000;
+    let big = TableRef::new("bench", "big").unwrap();
+    s.manager
+        .create_table(&big, TableMetadata::default())
+        .unwrap();
+    for chunk in (0..ROWS).collect::<Vec<_>>().chunks(20_000) {
+        s.manager
+            .run(|txn| {
+                for &i in chunk {
+                    txn.put(
+                        &big,
+                        &Cell::new(i.to_be_bytes(), "v").unwrap(),
+                        VALUE.to_vec(),
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    let txn = s.manager.begin_read_only().unwrap();
+    let base = LIVE.load(Ordering::SeqCst);
+    PEAK.store(base, Ordering::SeqCst);
+    let started = Instant::now();
+    let mut rows = 0u64;
+    for row in txn.get_range(&big, &RangeRequest::all()).unwrap() {
+        black_box(row.unwrap());
+        rows += 1;
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(rows, ROWS);
+    let peak = PEAK.load(Ordering::SeqCst) - base;
+    println!("memory: {per_txn} bytes of heap per open write transaction with one buffered 100-byte write");
+    println!(
+        "memory: scanning {ROWS} rows ({} MB of values) peaked at {:.2} MB of heap, {:.0} rows/s",
+        ROWS * VALUE.len() as u64 / 1_000_000,
+        peak as f64 / 1e6,
+        ROWS as f64 / elapsed.as_secs_f64()
+    );
+}
+
+criterion_group!(benches, throughput, memory);
+criterion_main!(benches);
