@@ -1,13 +1,13 @@
 //! The transaction manager: starts transactions, knows table settings, and runs closures with
 //! retries.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use ortelius_kvs::{KeyValueService, TableRef, Timestamp};
 use ortelius_timelock::{
-    InProcessLockService, LockService, PersistentTimestampService, TimestampService,
+    InProcessLockService, LockService, LockToken, PersistentTimestampService, TimestampService,
 };
 
 use crate::error::{RetryClass, TxnError, TxnResult};
@@ -24,6 +24,10 @@ pub struct TransactionConfig {
     pub max_retries: u32,
     /// How many transaction outcomes the commit-timestamp cache keeps.
     pub commit_ts_cache_size: usize,
+    /// How often the leases of open write transactions' immutable-timestamp guards are
+    /// refreshed (well below the lock service's lease, 20 s in process), so a transaction may
+    /// stay open longer than one lease.
+    pub lease_refresh_interval: Duration,
 }
 
 impl Default for TransactionConfig {
@@ -32,6 +36,7 @@ impl Default for TransactionConfig {
             lock_timeout: Duration::from_secs(60),
             max_retries: 10,
             commit_ts_cache_size: 1_000_000,
+            lease_refresh_interval: Duration::from_secs(5),
         }
     }
 }
@@ -54,6 +59,8 @@ pub(crate) struct Inner {
     metadata: RwLock<HashMap<TableRef, TableMetadata>>,
     /// Seed for retry back-off jitter.
     jitter: Mutex<u64>,
+    /// Immutable-timestamp guards of open write transactions, kept alive by the refresher.
+    pub open_guards: Mutex<HashSet<LockToken>>,
 }
 
 impl Inner {
@@ -99,8 +106,35 @@ impl TransactionManager {
                 config,
                 metadata: RwLock::new(HashMap::new()),
                 jitter: Mutex::new(0x9E37_79B9_7F4A_7C15),
+                open_guards: Mutex::new(HashSet::new()),
             }),
-        })
+        }
+        .with_lease_refresher())
+    }
+
+    /// Starts the background thread that refreshes open transactions' guards. It holds only a
+    /// weak reference and ends once the manager is dropped.
+    fn with_lease_refresher(self) -> Self {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let interval = self.inner.config.lease_refresh_interval;
+        let spawned = std::thread::Builder::new()
+            .name("ortelius-lease-refresher".to_owned())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(inner) = weak.upgrade() else { return };
+                let tokens: Vec<LockToken> = inner
+                    .open_guards
+                    .lock()
+                    .map(|g| g.iter().copied().collect())
+                    .unwrap_or_default();
+                if !tokens.is_empty() {
+                    // A guard that already expired stays expired: its transaction fails at commit.
+                    let _ = inner.locks.refresh(&tokens);
+                }
+            });
+        // Without the thread, transactions longer than one lease fail at commit (retriable).
+        drop(spawned);
+        self
     }
 
     /// Embedded mode: this process owns the store and runs the timestamp and lock services.
@@ -190,9 +224,15 @@ impl TransactionManager {
             .locks
             .lock_immutable_timestamp(guard_ts)
             .map_err(TxnError::Lock)?;
+        if let Ok(mut guards) = self.inner.open_guards.lock() {
+            guards.insert(token);
+        }
         match self.inner.timestamps.fresh_timestamp() {
             Ok(start_ts) => Ok(self.transaction(start_ts, Some(token), false, isolation)),
             Err(e) => {
+                if let Ok(mut guards) = self.inner.open_guards.lock() {
+                    guards.remove(&token);
+                }
                 let _ = self.inner.locks.unlock(&[token]);
                 Err(e.into())
             }

@@ -357,6 +357,9 @@ impl Transaction {
 
     fn release_immutable_lock(&self) {
         if let Some(token) = self.immutable_lock {
+            if let Ok(mut guards) = self.inner.open_guards.lock() {
+                guards.remove(&token);
+            }
             // Best effort: an unreleased guard expires with its lease.
             let _ = self.inner.locks.unlock(&[token]);
         }

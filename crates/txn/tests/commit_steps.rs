@@ -350,3 +350,28 @@ fn reads_never_take_locks() {
     );
     let _ = s.kvs.calls();
 }
+
+#[test]
+fn open_transactions_outlive_one_lease_because_their_guard_is_refreshed() {
+    let log = CallLog::default();
+    let kvs = Arc::new(RecordingKvs::with_log(Arc::new(MemoryKvs::new()), log));
+    let clock = ManualClock::new();
+    let locks = InProcessLockService::new(Arc::new(clock.clone()), Duration::from_secs(20));
+    let timestamps = PersistentTimestampService::new(kvs.clone()).unwrap();
+    let cfg = ortelius_txn::TransactionConfig {
+        lease_refresh_interval: Duration::from_millis(10),
+        ..config()
+    };
+    let manager = TransactionManager::new(kvs, Arc::new(timestamps), Arc::new(locks), cfg).unwrap();
+    let table = TableRef::new("test", "t").unwrap();
+    manager
+        .create_table(&table, TableMetadata::default())
+        .unwrap();
+    let txn = manager.begin(Isolation::Snapshot).unwrap();
+    txn.put(&table, &cell("r", "c"), b"v".to_vec()).unwrap();
+    for _ in 0..4 {
+        clock.advance(Duration::from_secs(15)); // 60 s in all: three leases
+        std::thread::sleep(Duration::from_millis(100)); // the refresher runs meanwhile
+    }
+    txn.commit().unwrap();
+}

@@ -39,6 +39,7 @@ on_every_backend!(
     phantom_row_in_scanned_range_fails_serializable_commit,
     read_only_serializable_transactions_never_conflict,
     runner_retries_conflicts_and_not_application_errors,
+    cleaning_transactions_from_a_backup_timestamp_hides_exactly_later_commits,
 );
 
 fn reads_see_own_writes_and_deletes(store: &Store) {
@@ -658,4 +659,50 @@ fn runner_retries_conflicts_and_not_application_errors(store: &Store) {
         .unwrap_err();
     assert!(matches!(err, TxnError::RetriesExhausted { .. }));
     assert_eq!(tries, budget.max_retries + 1);
+}
+
+fn cleaning_transactions_from_a_backup_timestamp_hides_exactly_later_commits(store: &Store) {
+    let m = manager(store);
+    let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
+    put_u64(&m, &t, &cell("before", "x"), 1);
+    // Starts before the backup timestamp, commits after it.
+    let straddler = m.begin(Isolation::Snapshot).unwrap();
+    straddler
+        .put(&t, &cell("straddler", "x"), 2u64.to_be_bytes())
+        .unwrap();
+    let aborted = abandoned_write(&m, &t, &cell("aborted", "x"), &3u64.to_be_bytes());
+    m.transactions_table()
+        .put_unless_exists(aborted, TxnStatus::Aborted)
+        .unwrap();
+    let backup_ts = m.fresh_timestamp().unwrap();
+    straddler.commit().unwrap();
+    put_u64(&m, &t, &cell("after", "x"), 4);
+    let mut progress_calls = 0;
+    let report = m
+        .transactions_table()
+        .clean_from(backup_ts, |_| progress_calls += 1)
+        .unwrap();
+    assert_eq!(report.deleted, 2, "the straddler and the later commit");
+    assert!(report.scanned >= 4 && progress_calls >= 1);
+    assert_eq!(
+        m.transactions_table()
+            .load_uncached(&[aborted])
+            .unwrap()
+            .get(&aborted),
+        Some(&TxnStatus::Aborted),
+        "aborted entries are kept"
+    );
+    let ro = m.begin_read_only().unwrap();
+    assert_eq!(read_u64(&ro, &t, &cell("before", "x")).unwrap(), Some(1));
+    for gone in ["straddler", "after", "aborted"] {
+        assert_eq!(read_u64(&ro, &t, &cell(gone, "x")).unwrap(), None, "{gone}");
+    }
+    // Idempotent.
+    assert_eq!(
+        m.transactions_table()
+            .clean_from(backup_ts, |_| {})
+            .unwrap()
+            .deleted,
+        0
+    );
 }
