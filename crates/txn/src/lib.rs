@@ -22,6 +22,7 @@
 //!
 //! [`KeyValueService`]: ortelius_kvs::KeyValueService
 
+mod backup_lock;
 mod commit;
 mod error;
 mod manager;
@@ -30,6 +31,10 @@ mod reader;
 mod transaction;
 mod txn_table;
 
+pub use backup_lock::{
+    BackupLock, BackupLockError, BackupLockHolder, BackupLockStatus, DeletionPermit,
+    SystemWallClock, WallClock, BACKUP_LOCK_TABLE,
+};
 pub use error::{RetryClass, TxnError, TxnResult};
 pub use manager::{Isolation, TransactionConfig, TransactionManager};
 pub use metadata::{ConflictHandler, SweepStrategy, TableMetadata};
