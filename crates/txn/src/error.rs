@@ -35,6 +35,11 @@ pub enum TxnError {
     RolledBackByOther { start_ts: Timestamp },
     #[error("reading {table} {cell} hit a sweep sentinel: a version this transaction needs was swept; retry with a fresh transaction")]
     SweepSentinel { table: TableRef, cell: Cell },
+    #[error("read-only transaction {start_ts} is older than the read timeout ({timeout:?}); sweep may have removed what it needs, retry with a fresh transaction")]
+    ReadTimeout {
+        start_ts: Timestamp,
+        timeout: std::time::Duration,
+    },
     #[error("gave up after {iterations} post-filtering rounds reading {table}")]
     TooManyPostFilterRounds { table: TableRef, iterations: usize },
     #[error("commit outcome unknown for transaction {start_ts} (commit ts {commit_ts}): {source}")]
@@ -51,6 +56,13 @@ pub enum TxnError {
     NotOpen { state: &'static str },
     #[error("{table} is a system table; transactions cannot read or write it")]
     SystemTable { table: TableRef },
+    #[error(
+        "cannot read at timestamp {timestamp}: only timestamps in 0..{latest} have been handed out"
+    )]
+    InvalidTimestamp {
+        timestamp: Timestamp,
+        latest: Timestamp,
+    },
     #[error("gave up after {attempts} attempts; last error: {last}")]
     RetriesExhausted { attempts: u32, last: Box<TxnError> },
     /// A store error (boxed: it is large, and errors are the slow path).
@@ -81,6 +93,7 @@ impl TxnError {
             | Self::LockAcquisitionTimeout(_)
             | Self::RolledBackByOther { .. }
             | Self::SweepSentinel { .. }
+            | Self::ReadTimeout { .. }
             | Self::TooManyPostFilterRounds { .. } => RetryClass::Retriable,
             Self::CommitOutcomeUnknown { .. } => RetryClass::CommitOutcomeUnknown,
             Self::RetriesExhausted { last, .. } => match last.retry_class() {

@@ -27,7 +27,9 @@ mod commit;
 mod error;
 mod manager;
 mod metadata;
+mod punch;
 mod reader;
+mod sweep;
 mod transaction;
 mod txn_table;
 
@@ -38,5 +40,7 @@ pub use backup_lock::{
 pub use error::{RetryClass, TxnError, TxnResult};
 pub use manager::{Isolation, TransactionConfig, TransactionManager};
 pub use metadata::{ConflictHandler, SweepStrategy, TableMetadata};
+pub use punch::{Puncher, PUNCH_TABLE};
+pub use sweep::{BackgroundSweeper, SweepConfig, SweepReport, Sweeper, SWEEP_PROGRESS_TABLE};
 pub use transaction::{RangeScan, Row, Transaction};
 pub use txn_table::{CleanReport, TransactionsTable, TxnStatus, TRANSACTIONS_TABLE};

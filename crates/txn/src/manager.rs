@@ -3,15 +3,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ortelius_kvs::{KeyValueService, TableRef, Timestamp};
 use ortelius_timelock::{
     InProcessLockService, LockService, LockToken, PersistentTimestampService, TimestampService,
 };
 
+use crate::backup_lock::{SystemWallClock, WallClock};
 use crate::error::{RetryClass, TxnError, TxnResult};
 use crate::metadata::TableMetadata;
+use crate::punch::Puncher;
 use crate::transaction::{State, Transaction};
 use crate::txn_table::TransactionsTable;
 
@@ -28,6 +30,11 @@ pub struct TransactionConfig {
     /// refreshed (well below the lock service's lease, 20 s in process), so a transaction may
     /// stay open longer than one lease.
     pub lease_refresh_interval: Duration,
+    /// Read-only transactions older than this fail their reads (retriable), and sweep never
+    /// removes what a reader that started less than this long ago could need.
+    pub read_timeout: Duration,
+    /// How often a (wall clock → timestamp) punch is recorded.
+    pub punch_interval: Duration,
 }
 
 impl Default for TransactionConfig {
@@ -37,6 +44,8 @@ impl Default for TransactionConfig {
             max_retries: 10,
             commit_ts_cache_size: 1_000_000,
             lease_refresh_interval: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(3600),
+            punch_interval: Duration::from_secs(60),
         }
     }
 }
@@ -61,6 +70,27 @@ pub(crate) struct Inner {
     jitter: Mutex<u64>,
     /// Immutable-timestamp guards of open write transactions, kept alive by the refresher.
     pub open_guards: Mutex<HashSet<LockToken>>,
+    pub puncher: Puncher,
+    last_punch: Mutex<Option<Instant>>,
+}
+
+impl Inner {
+    /// Punches a fresh timestamp if the last punch is older than the punch interval.
+    fn punch_if_due(&self) {
+        let due = self.last_punch.lock().is_ok_and(|mut last| {
+            let due = last.is_none_or(|t| t.elapsed() >= self.config.punch_interval);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        });
+        if due {
+            if let Ok(ts) = self.timestamps.fresh_timestamp() {
+                // Best effort: a missed punch only makes the unreadable timestamp older.
+                let _ = self.puncher.punch(ts);
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -96,6 +126,18 @@ impl TransactionManager {
         locks: Arc<dyn LockService>,
         config: TransactionConfig,
     ) -> TxnResult<Self> {
+        Self::with_wall_clock(kvs, timestamps, locks, config, Arc::new(SystemWallClock))
+    }
+
+    /// Like [`new`](Self::new) with an explicit wall clock (for the punch table; tests).
+    pub fn with_wall_clock(
+        kvs: Arc<dyn KeyValueService>,
+        timestamps: Arc<dyn TimestampService>,
+        locks: Arc<dyn LockService>,
+        config: TransactionConfig,
+        wall_clock: Arc<dyn WallClock>,
+    ) -> TxnResult<Self> {
+        let puncher = Puncher::new(kvs.clone(), wall_clock)?;
         let txns = TransactionsTable::new(kvs.clone(), config.commit_ts_cache_size)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -107,6 +149,8 @@ impl TransactionManager {
                 metadata: RwLock::new(HashMap::new()),
                 jitter: Mutex::new(0x9E37_79B9_7F4A_7C15),
                 open_guards: Mutex::new(HashSet::new()),
+                puncher,
+                last_punch: Mutex::new(None),
             }),
         }
         .with_lease_refresher())
@@ -122,6 +166,7 @@ impl TransactionManager {
             .spawn(move || loop {
                 std::thread::sleep(interval);
                 let Some(inner) = weak.upgrade() else { return };
+                inner.punch_if_due();
                 let tokens: Vec<LockToken> = inner
                     .open_guards
                     .lock()
@@ -164,6 +209,11 @@ impl TransactionManager {
         &self.inner.txns
     }
 
+    /// A table's conflict handler and sweep strategy.
+    pub fn table_metadata(&self, table: &TableRef) -> TxnResult<TableMetadata> {
+        self.inner.metadata(table)
+    }
+
     /// Creates a transactional table (idempotent) with its conflict handler and sweep strategy.
     pub fn create_table(&self, table: &TableRef, metadata: TableMetadata) -> TxnResult<()> {
         if table.namespace().is_empty() && table.name().starts_with('_') {
@@ -176,6 +226,22 @@ impl TransactionManager {
             cache.insert(table.clone(), metadata);
         }
         Ok(())
+    }
+
+    /// The unreadable timestamp: the one that was current `read_timeout` ago (0 if there is no
+    /// punch that old). No reader that started since then can need a version below it.
+    pub fn unreadable_timestamp(&self) -> TxnResult<Timestamp> {
+        let puncher = &self.inner.puncher;
+        let then = puncher
+            .now_ms()
+            .saturating_sub(self.inner.config.read_timeout.as_millis() as u64);
+        Ok(puncher.timestamp_at(then)?.unwrap_or(0))
+    }
+
+    /// Records a punch now (normally done in the background every `punch_interval`).
+    pub fn punch(&self) -> TxnResult<()> {
+        let ts = self.fresh_timestamp()?;
+        Ok(self.inner.puncher.punch(ts)?)
     }
 
     /// A fresh timestamp.
@@ -209,6 +275,7 @@ impl TransactionManager {
             immutable_lock,
             read_only,
             serializable: isolation == Isolation::Serializable,
+            started: Instant::now(),
             state: Mutex::new(State::Open),
             writes: Mutex::new(Default::default()),
             reads: Mutex::new(Vec::new()),
@@ -242,6 +309,20 @@ impl TransactionManager {
     /// Starts a read-only transaction: no locks; writes fail.
     pub fn begin_read_only(&self) -> TxnResult<Transaction> {
         let start_ts = self.inner.timestamps.fresh_timestamp()?;
+        Ok(self.transaction(start_ts, None, true, Isolation::Snapshot))
+    }
+
+    /// A read-only transaction reading the snapshot at an earlier timestamp `start_ts` (e.g. a
+    /// backup timestamp). Refuses timestamps not yet handed out: reading "the future" would
+    /// miss commits that land below it later.
+    pub fn begin_read_only_at(&self, start_ts: Timestamp) -> TxnResult<Transaction> {
+        let now = self.inner.timestamps.fresh_timestamp()?;
+        if start_ts < 0 || start_ts >= now {
+            return Err(TxnError::InvalidTimestamp {
+                timestamp: start_ts,
+                latest: now,
+            });
+        }
         Ok(self.transaction(start_ts, None, true, Isolation::Snapshot))
     }
 

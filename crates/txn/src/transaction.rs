@@ -70,6 +70,8 @@ pub struct Transaction {
     pub(crate) immutable_lock: Option<LockToken>,
     pub(crate) read_only: bool,
     pub(crate) serializable: bool,
+    /// When it began: read-only transactions time out after `read_timeout`.
+    pub(crate) started: std::time::Instant,
     pub(crate) state: Mutex<State>,
     pub(crate) writes: Mutex<WriteBuffer>,
     pub(crate) reads: Mutex<Vec<ReadRecord>>,
@@ -114,6 +116,13 @@ impl Transaction {
     fn ensure_open(&self) -> TxnResult<()> {
         let state = *lock(&self.state)?;
         if state == State::Open {
+            let timeout = self.inner.config.read_timeout;
+            if self.read_only && self.started.elapsed() > timeout {
+                return Err(TxnError::ReadTimeout {
+                    start_ts: self.start_ts,
+                    timeout,
+                });
+            }
             Ok(())
         } else {
             Err(TxnError::NotOpen {
