@@ -9,7 +9,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ortelius_kvs::{Cell, KeyValueService, RangeRequest, RowRange, TableRef, MAX_READ_TS};
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
-use rocksdb::{Options, WriteOptions, DB};
+use rocksdb::{WriteOptions, DB};
 
 const KEYS: u64 = 200_000;
 const SCAN_ROWS: u64 = 10_000;
@@ -21,12 +21,7 @@ fn row(i: u64) -> [u8; 8] {
 }
 
 fn raw_db(dir: &std::path::Path) -> DB {
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    let mut table_opts = rocksdb::BlockBasedOptions::default();
-    table_opts.set_bloom_filter(10.0, false);
-    opts.set_block_based_table_factory(&table_opts);
+    let opts = ortelius_kvs_rocksdb::rocksdb_options();
     DB::open(&opts, dir).unwrap()
 }
 

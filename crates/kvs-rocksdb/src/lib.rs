@@ -53,6 +53,18 @@ pub struct RocksDbConfig {
     pub durability: Durability,
 }
 
+/// The RocksDB options every store is opened with (LZ4, 10-bit bloom filters). Public so
+/// benchmarks run their raw-RocksDB baseline with exactly the same settings.
+pub fn rocksdb_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let mut table_opts = rocksdb::BlockBasedOptions::default();
+    table_opts.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&table_opts);
+    opts
+}
+
 #[derive(Clone)]
 struct TableInfo {
     id: u32,
@@ -93,13 +105,7 @@ impl RocksDbKvs {
         std::fs::create_dir_all(&dir).map_err(|e| KvsError::Storage {
             detail: format!("cannot create data directory {}: {e}", dir.display()),
         })?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut table_opts = rocksdb::BlockBasedOptions::default();
-        table_opts.set_bloom_filter(10.0, false);
-        opts.set_block_based_table_factory(&table_opts);
-        let db = DB::open(&opts, &dir).map_err(|e| {
+        let db = DB::open(&rocksdb_options(), &dir).map_err(|e| {
             let detail = e.to_string();
             if detail.contains("lock") || detail.contains("LOCK") {
                 KvsError::StoreLocked {

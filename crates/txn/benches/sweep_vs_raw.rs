@@ -79,9 +79,7 @@ fn ortelius_round() -> (Duration, u64, u64, u64) {
 /// The same logical deletes on raw RocksDB: one ranged delete per cell for its old versions.
 fn raw_round() -> (Duration, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = rocksdb::Options::default();
-    opts.create_if_missing(true);
-    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let opts = ortelius_kvs_rocksdb::rocksdb_options();
     let db = rocksdb::DB::open(&opts, dir.path()).unwrap();
     for v in 1..=VERSIONS {
         let mut batch = rocksdb::WriteBatch::default();

@@ -23,7 +23,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use ortelius_kvs::{Cell, KeyValueService, RangeRequest, TableRef};
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
 use ortelius_txn::{Isolation, TableMetadata, TransactionConfig, TransactionManager};
-use rocksdb::{Options, WriteOptions, DB};
+use rocksdb::{WriteOptions, DB};
 
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -63,12 +63,7 @@ struct Stores {
 
 fn stores() -> Stores {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    let mut table_opts = rocksdb::BlockBasedOptions::default();
-    table_opts.set_bloom_filter(10.0, false);
-    opts.set_block_based_table_factory(&table_opts);
+    let opts = ortelius_kvs_rocksdb::rocksdb_options();
     let raw = DB::open(&opts, dir.path().join("raw")).unwrap();
     let kvs: Arc<dyn KeyValueService> =
         Arc::new(RocksDbKvs::open(dir.path().join("ortelius"), &RocksDbConfig::default()).unwrap());
