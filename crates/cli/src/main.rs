@@ -1,8 +1,14 @@
 //! The `ortelius` command-line tool.
 
+mod config;
 mod demo;
+mod runbook;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{ArgGroup, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -11,6 +17,12 @@ use clap::{Parser, Subcommand};
     about = "Transactions and live backups over key-value stores"
 )]
 struct Cli {
+    /// The YAML config file (AtlasDB's shape).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// JSON pointer to the atlas block in the config (default /atlasdb, then /atlas).
+    #[arg(long, global = true)]
+    config_root: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,14 +31,102 @@ struct Cli {
 enum Command {
     /// Creates an embedded RocksDB store in a temporary directory, writes, reads and reports.
     Demo(demo::DemoArgs),
+    /// Timestamp service operations.
+    #[command(subcommand)]
+    Timestamp(TimestampCommand),
+    /// Acquire, release or inspect the backup lock.
+    #[command(group(ArgGroup::new("action").required(true).args(["acquire", "release", "status"])))]
+    BackupLock {
+        #[arg(long)]
+        acquire: bool,
+        #[arg(long)]
+        release: bool,
+        #[arg(long)]
+        status: bool,
+        /// Why the lock is taken (shown in --status).
+        #[arg(long, requires = "acquire", default_value = "backup")]
+        reason: String,
+        /// Let deletions resume after this long even if nobody releases (e.g. 2h).
+        #[arg(long, requires = "acquire", value_parser = runbook::parse_duration)]
+        lease: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TimestampCommand {
+    /// Prints a fresh timestamp (or the immutable one); with --file also writes it there.
+    Fetch {
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, short)]
+        immutable: bool,
+    },
+    /// Makes every later timestamp greater than the given one (restore step; offline only).
+    #[command(group(ArgGroup::new("source").required(true).args(["file", "timestamp"])))]
+    FastForward {
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, allow_negative_numbers = true)]
+        timestamp: Option<i64>,
+    },
+    /// Deletes every transactions-table entry committed at or after the given timestamp,
+    /// scanning the whole table (restore step; offline only).
+    #[command(group(ArgGroup::new("source").required(true).args(["file", "timestamp"])))]
+    CleanTransactions {
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, allow_negative_numbers = true)]
+        timestamp: Option<i64>,
+    },
+}
+
+fn load_config(cli: &Cli) -> Result<config::AtlasConfig> {
+    let file = cli
+        .config
+        .as_ref()
+        .context("this command needs --config <file> naming the config file")?;
+    Ok(config::load(file, cli.config_root.as_deref())?)
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Timestamp(TimestampCommand::Fetch { file, immutable }) => {
+            runbook::fetch(&load_config(cli)?, file.as_deref(), *immutable)
+        }
+        Command::Timestamp(TimestampCommand::FastForward { file, timestamp }) => {
+            let target = runbook::timestamp_arg(file.as_ref(), *timestamp)?;
+            runbook::fast_forward(&load_config(cli)?, target)
+        }
+        Command::Timestamp(TimestampCommand::CleanTransactions { file, timestamp }) => {
+            let backup_ts = runbook::timestamp_arg(file.as_ref(), *timestamp)?;
+            runbook::clean_transactions(&load_config(cli)?, backup_ts)
+        }
+        Command::BackupLock {
+            acquire,
+            release,
+            reason,
+            lease,
+            ..
+        } => {
+            let action = if *acquire {
+                runbook::LockAction::Acquire {
+                    reason: reason.clone(),
+                    lease: *lease,
+                }
+            } else if *release {
+                runbook::LockAction::Release
+            } else {
+                runbook::LockAction::Status
+            };
+            runbook::backup_lock(&load_config(cli)?, action)
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo(args) => demo::run(&args),
-    };
-    match result {
+    match run(&cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
