@@ -34,6 +34,23 @@ enum Command {
     /// Timestamp service operations.
     #[command(subcommand)]
     Timestamp(TimestampCommand),
+    /// Runs the management API over the configured store (and a background sweeper).
+    Serve,
+    /// Store operations.
+    #[command(subcommand)]
+    Kvs(KvsCommand),
+    /// Sweeps old versions of one table or all tables.
+    #[command(group(ArgGroup::new("which").required(true).args(["table", "all"])))]
+    Sweep {
+        /// A table as namespace.name.
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Report what would be deleted without deleting.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Acquire, release or inspect the backup lock.
     #[command(group(ArgGroup::new("action").required(true).args(["acquire", "release", "status"])))]
     BackupLock {
@@ -49,6 +66,16 @@ enum Command {
         /// Let deletions resume after this long even if nobody releases (e.g. 2h).
         #[arg(long, requires = "acquire", value_parser = runbook::parse_duration)]
         lease: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvsCommand {
+    /// Writes a consistent, openable copy of the store into a new directory (live if a process
+    /// owns the store); use it instead of tar on live RocksDB files.
+    Checkpoint {
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -101,6 +128,13 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Timestamp(TimestampCommand::CleanTransactions { file, timestamp }) => {
             let backup_ts = runbook::timestamp_arg(file.as_ref(), *timestamp)?;
             runbook::clean_transactions(&load_config(cli)?, backup_ts)
+        }
+        Command::Serve => runbook::serve(&load_config(cli)?),
+        Command::Kvs(KvsCommand::Checkpoint { dir }) => {
+            runbook::checkpoint(&load_config(cli)?, dir)
+        }
+        Command::Sweep { table, dry_run, .. } => {
+            runbook::sweep(&load_config(cli)?, table.as_deref(), *dry_run)
         }
         Command::BackupLock {
             acquire,

@@ -1,6 +1,6 @@
-//! The seed runbook's commands, run directly against the configured store (offline: no other
-//! process may have it open). Live operation through a running process's management API is
-//! not built yet; when the store is owned by a live process these commands say so.
+//! The seed runbook's commands. When the config names a management API and a process answers
+//! there, commands go through it (live operation while the application writes); otherwise they
+//! open the configured store directly. Commands only safe offline refuse a live owner.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,10 +8,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ortelius_kvs::memory::MemoryKvs;
+use ortelius_kvs::TableRef;
 use ortelius_kvs::{KeyValueService, KvsError};
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+use ortelius_management::ManagementClient;
 use ortelius_timelock::FastForward;
-use ortelius_txn::{BackupLock, SystemWallClock, TransactionConfig, TransactionManager};
+use ortelius_txn::{
+    BackupLock, SweepConfig, Sweeper, SystemWallClock, TransactionConfig, TransactionManager,
+};
+use serde_json::{json, Value};
 
 use crate::config::{AtlasConfig, KvsConfig};
 
@@ -22,12 +27,29 @@ pub fn open_store(config: &AtlasConfig) -> Result<Arc<dyn KeyValueService>> {
         KvsConfig::Rocksdb { data_dir } => match RocksDbKvs::open(data_dir, &RocksDbConfig::default()) {
             Ok(kvs) => Ok(Arc::new(kvs)),
             Err(KvsError::StoreLocked { dir, .. }) => bail!(
-                "the store at {} is open in a running process; stop it first (live operation through its management API is not available in this version)",
+                "the store at {} is open in a running process whose management API does not answer; configure management.address (and token) to reach it, or stop it",
                 dir.display()
             ),
             Err(e) => Err(e.into()),
         },
     }
+}
+
+/// The management API of a live owner of the store, if the config names one and it answers.
+pub fn live(config: &AtlasConfig) -> Option<ManagementClient> {
+    let m = config.management.as_ref()?;
+    let client = ManagementClient::new(&m.address, m.token.clone());
+    client.is_live().then_some(client)
+}
+
+fn refuse_live(config: &AtlasConfig, what: &str) -> Result<()> {
+    if let Some(client) = live(config) {
+        bail!(
+            "{what} is only safe offline (during a restore, on a store no process uses), but a running process owns this store (management API at {}); stop it first",
+            client.address()
+        );
+    }
+    Ok(())
 }
 
 fn manager(config: &AtlasConfig) -> Result<TransactionManager> {
@@ -82,11 +104,25 @@ pub fn timestamp_arg(file: Option<&PathBuf>, timestamp: Option<i64>) -> Result<i
 }
 
 pub fn fetch(config: &AtlasConfig, file: Option<&Path>, immutable: bool) -> Result<()> {
-    let m = manager(config)?;
-    let ts = if immutable {
-        m.immutable_timestamp()?
-    } else {
-        m.fresh_timestamp()?
+    let ts = match live(config) {
+        Some(client) => {
+            let path = if immutable {
+                "/v1/timestamp/immutable"
+            } else {
+                "/v1/timestamp/fresh"
+            };
+            client.call("POST", path, None)?["timestamp"]
+                .as_i64()
+                .context("the management API answered no timestamp")?
+        }
+        None => {
+            let m = manager(config)?;
+            if immutable {
+                m.immutable_timestamp()?
+            } else {
+                m.fresh_timestamp()?
+            }
+        }
     };
     if let Some(file) = file {
         if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -101,6 +137,7 @@ pub fn fetch(config: &AtlasConfig, file: Option<&Path>, immutable: bool) -> Resu
 }
 
 pub fn fast_forward(config: &AtlasConfig, target: i64) -> Result<()> {
+    refuse_live(config, "fast-forward of an embedded store")?;
     let m = manager(config)?;
     match m.timestamps().fast_forward(target)? {
         FastForward::Advanced { from, to } => {
@@ -114,6 +151,7 @@ pub fn fast_forward(config: &AtlasConfig, target: i64) -> Result<()> {
 }
 
 pub fn clean_transactions(config: &AtlasConfig, backup_ts: i64) -> Result<()> {
+    refuse_live(config, "clean-transactions")?;
     let m = manager(config)?;
     let report = m.transactions_table().clean_from(backup_ts, |r| {
         eprintln!(
@@ -137,7 +175,42 @@ pub enum LockAction {
     Status,
 }
 
+fn describe_holder(h: &Value) -> String {
+    format!(
+        "{} (reason: {})",
+        h["holder"].as_str().unwrap_or("?"),
+        h["reason"].as_str().unwrap_or("?")
+    )
+}
+
 pub fn backup_lock(config: &AtlasConfig, action: LockAction) -> Result<()> {
+    if let Some(client) = live(config) {
+        let holder = format!("ortelius-cli pid {}", std::process::id());
+        match action {
+            LockAction::Acquire { reason, lease } => {
+                let body = json!({"holder": holder, "reason": reason, "lease_secs": lease.map(|l| l.as_secs())});
+                let held = client.call("POST", "/v1/backup-lock/acquire", Some(&body))?;
+                println!("backup lock acquired by {}", describe_holder(&held));
+            }
+            LockAction::Release => {
+                let released = client.call("POST", "/v1/backup-lock/release", None)?;
+                println!(
+                    "backup lock released (was held by {})",
+                    describe_holder(&released)
+                );
+            }
+            LockAction::Status => {
+                let s = client.call("GET", "/v1/backup-lock/status", None)?;
+                if s["held"].is_null() {
+                    println!("not held");
+                } else {
+                    println!("held by {}", describe_holder(&s["held"]));
+                }
+                println!("deletions in flight: {}", s["deletions_in_flight"]);
+            }
+        }
+        return Ok(());
+    }
     let lock = BackupLock::new(open_store(config)?, Arc::new(SystemWallClock))?;
     match action {
         LockAction::Acquire { reason, lease } => {
@@ -191,4 +264,91 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("{text:?} has an unknown unit; use s, m or h")),
     };
     Ok(Duration::from_secs(secs))
+}
+
+/// A consistent copy of the store, taken live through the owner's API when there is one.
+pub fn checkpoint(config: &AtlasConfig, dir: &Path) -> Result<()> {
+    match live(config) {
+        Some(client) => {
+            let dir = std::path::absolute(dir)
+                .with_context(|| format!("bad directory {}", dir.display()))?;
+            client.call(
+                "POST",
+                "/v1/checkpoint",
+                Some(&json!({"dir": dir.to_string_lossy()})),
+            )?;
+        }
+        None => open_store(config)?.checkpoint(dir)?,
+    }
+    println!("checkpoint written to {}", dir.display());
+    Ok(())
+}
+
+/// Sweeps one table or all of them.
+pub fn sweep(config: &AtlasConfig, table: Option<&str>, dry_run: bool) -> Result<()> {
+    let reports: Vec<Value> = match live(config) {
+        Some(client) => {
+            let answer = client.call(
+                "POST",
+                "/v1/sweep",
+                Some(&json!({"table": table, "dry_run": dry_run})),
+            )?;
+            answer.as_array().cloned().unwrap_or_default()
+        }
+        None => {
+            let m = manager(config)?;
+            let lock = BackupLock::new(m.kvs().clone(), Arc::new(SystemWallClock))?;
+            let sweeper = Sweeper::new(m, lock, SweepConfig::default())?;
+            let reports = match table {
+                Some(name) => vec![sweeper.sweep_table(&TableRef::parse(name)?, dry_run)?],
+                None => sweeper.sweep_all(dry_run)?,
+            };
+            reports
+                .iter()
+                .map(|r| json!({"table": r.table.as_ref().map(TableRef::qualified_name), "versions_deleted": r.versions_deleted, "cells_examined": r.cells_examined, "paused_by_backup_lock": r.paused_by_backup_lock}))
+                .collect()
+        }
+    };
+    for r in reports {
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        println!(
+            "{}: examined {} cells, {verb} {} versions{}",
+            r["table"].as_str().unwrap_or("?"),
+            r["cells_examined"],
+            r["versions_deleted"],
+            if r["paused_by_backup_lock"].as_bool() == Some(true) {
+                " (paused: the backup lock is held)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Runs the management API over the configured store until the process is killed.
+pub fn serve(config: &AtlasConfig) -> Result<()> {
+    let management = config
+        .management
+        .as_ref()
+        .context("serve needs management.address in the config (e.g. 127.0.0.1:7878)")?;
+    let m = manager(config)?;
+    let backup_lock = BackupLock::new(m.kvs().clone(), Arc::new(SystemWallClock))?;
+    let sweeper = Sweeper::new(m.clone(), backup_lock.clone(), SweepConfig::default())?;
+    let _background = sweeper.spawn_background(Duration::from_secs(60));
+    let state = ortelius_management::ManagementState {
+        manager: m,
+        backup_lock,
+        sweeper,
+    };
+    let server = ortelius_management::ManagementServer::start(
+        &management.address,
+        management.token.clone(),
+        state,
+    )
+    .map_err(anyhow::Error::msg)?;
+    println!("serving the management API on {}", server.address);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
