@@ -1,5 +1,6 @@
 //! The `ortelius` command-line tool.
 
+mod bank;
 mod config;
 mod demo;
 mod runbook;
@@ -36,6 +37,12 @@ enum Command {
     Timestamp(TimestampCommand),
     /// Runs the management API over the configured store (and a background sweeper).
     Serve,
+    /// Runs a workload against the configured store (serving the management API meanwhile).
+    #[command(subcommand)]
+    Workload(WorkloadCommand),
+    /// Checks a workload's invariant.
+    #[command(subcommand)]
+    Verify(VerifyCommand),
     /// Store operations.
     #[command(subcommand)]
     Kvs(KvsCommand),
@@ -66,6 +73,32 @@ enum Command {
         /// Let deletions resume after this long even if nobody releases (e.g. 2h).
         #[arg(long, requires = "acquire", value_parser = runbook::parse_duration)]
         lease: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkloadCommand {
+    /// Concurrent transfers between accounts, with live throughput on stderr.
+    Bank {
+        #[arg(long, default_value_t = 100)]
+        accounts: u64,
+        #[arg(long, default_value_t = 4)]
+        threads: u64,
+        /// How long to run (e.g. 30s, 5m).
+        #[arg(long, default_value = "30s", value_parser = runbook::parse_duration)]
+        duration: Duration,
+        /// Append each acknowledged transfer's id to this file (synced) after its commit.
+        #[arg(long)]
+        ack_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VerifyCommand {
+    /// Money conserved across all accounts, at a fresh timestamp or at --at.
+    Bank {
+        #[arg(long)]
+        at: Option<i64>,
     },
 }
 
@@ -130,6 +163,23 @@ fn run(cli: &Cli) -> Result<()> {
             runbook::clean_transactions(&load_config(cli)?, backup_ts)
         }
         Command::Serve => runbook::serve(&load_config(cli)?),
+        Command::Workload(WorkloadCommand::Bank {
+            accounts,
+            threads,
+            duration,
+            ack_file,
+        }) => {
+            let workload = bank::Workload {
+                accounts: *accounts,
+                threads: *threads,
+                duration: *duration,
+                ack_file: ack_file.clone(),
+            };
+            runbook::workload_bank(&load_config(cli)?, &workload)
+        }
+        Command::Verify(VerifyCommand::Bank { at }) => {
+            runbook::verify_bank(&load_config(cli)?, *at)
+        }
         Command::Kvs(KvsCommand::Checkpoint { dir }) => {
             runbook::checkpoint(&load_config(cli)?, dir)
         }

@@ -326,18 +326,25 @@ pub fn sweep(config: &AtlasConfig, table: Option<&str>, dry_run: bool) -> Result
     Ok(())
 }
 
-/// Runs the management API over the configured store until the process is killed.
-pub fn serve(config: &AtlasConfig) -> Result<()> {
-    let management = config
-        .management
-        .as_ref()
-        .context("serve needs management.address in the config (e.g. 127.0.0.1:7878)")?;
-    let m = manager(config)?;
+/// Starts the management API (and a background sweeper) over `m` if the config names an
+/// address; the returned guards stop both when dropped.
+fn start_management(
+    config: &AtlasConfig,
+    m: &TransactionManager,
+) -> Result<
+    Option<(
+        ortelius_management::RunningServer,
+        ortelius_txn::BackgroundSweeper,
+    )>,
+> {
+    let Some(management) = config.management.as_ref() else {
+        return Ok(None);
+    };
     let backup_lock = BackupLock::new(m.kvs().clone(), Arc::new(SystemWallClock))?;
     let sweeper = Sweeper::new(m.clone(), backup_lock.clone(), SweepConfig::default())?;
-    let _background = sweeper.spawn_background(Duration::from_secs(60));
+    let background = sweeper.spawn_background(Duration::from_secs(60));
     let state = ortelius_management::ManagementState {
-        manager: m,
+        manager: m.clone(),
         backup_lock,
         sweeper,
     };
@@ -347,7 +354,54 @@ pub fn serve(config: &AtlasConfig) -> Result<()> {
         state,
     )
     .map_err(anyhow::Error::msg)?;
-    println!("serving the management API on {}", server.address);
+    eprintln!("serving the management API on {}", server.address);
+    Ok(Some((server, background)))
+}
+
+/// `workload bank`: transfers on the configured store, serving the management API meanwhile.
+pub fn workload_bank(config: &AtlasConfig, workload: &crate::bank::Workload) -> Result<()> {
+    let m = manager(config)?;
+    let _serving = start_management(config, &m)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let committed = crate::bank::run(&m, workload, &stop, true)?;
+    let secs = started.elapsed().as_secs_f64();
+    let verdict = crate::bank::verify(&m.begin_read_only()?)?;
+    println!(
+        "{committed} transfers in {secs:.1}s ({:.0}/s); {} accounts hold {} in total (conserved)",
+        committed as f64 / secs,
+        verdict.accounts,
+        verdict.total
+    );
+    Ok(())
+}
+
+/// `verify bank`: the invariant at a fresh timestamp or at `at` (offline).
+pub fn verify_bank(config: &AtlasConfig, at: Option<i64>) -> Result<()> {
+    refuse_live(config, "verify bank (it reads the store directly)")?;
+    let m = manager(config)?;
+    let txn = match at {
+        Some(ts) => m.begin_read_only_at(ts)?,
+        None => m.begin_read_only()?,
+    };
+    let v = crate::bank::verify(&txn)?;
+    println!(
+        "ok at timestamp {}: {} accounts hold {} in total; {} transfers recorded",
+        txn.start_ts(),
+        v.accounts,
+        v.total,
+        v.transfers
+    );
+    Ok(())
+}
+
+/// Runs the management API over the configured store until the process is killed.
+pub fn serve(config: &AtlasConfig) -> Result<()> {
+    if config.management.is_none() {
+        bail!("serve needs management.address in the config (e.g. 127.0.0.1:7878)");
+    }
+    let m = manager(config)?;
+    let _serving = start_management(config, &m)?;
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }

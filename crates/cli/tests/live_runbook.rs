@@ -181,3 +181,150 @@ fn the_runbook_runs_live_through_serve_and_restores_offline() {
         Some(b"100".to_vec())
     );
 }
+
+fn acked(file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycles() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("live");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let live_config = config(dir.path(), "live.yml", &data, Some(&address));
+    let acks = dir.path().join("acks");
+    let workload = Serving(
+        Command::new(env!("CARGO_BIN_EXE_ortelius"))
+            .arg("--config")
+            .arg(&live_config)
+            .args([
+                "workload",
+                "bank",
+                "--accounts",
+                "20",
+                "--threads",
+                "4",
+                "--duration",
+                "120s",
+                "--ack-file",
+            ])
+            .arg(&acks)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = ManagementClient::new(&address, Some("t0ken".into()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.is_live() || acked(&acks).len() < 50 {
+        assert!(Instant::now() < deadline, "the workload did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut backups = Vec::new();
+    for cycle in 0..3 {
+        let backup = dir.path().join(format!("backup{cycle}"));
+        let (b_file, f_file, store) = (
+            backup.join("backup.timestamp"),
+            backup.join("fast-forward.timestamp"),
+            backup.join("store"),
+        );
+        ok(&ortelius(
+            &live_config,
+            &[
+                "backup-lock",
+                "--acquire",
+                "--reason",
+                &format!("cycle {cycle}"),
+            ],
+        ));
+        let acked_before_b = acked(&acks);
+        let b: i64 = ok(&ortelius(
+            &live_config,
+            &["timestamp", "fetch", "--file", b_file.to_str().unwrap()],
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+        ok(&ortelius(
+            &live_config,
+            &["kvs", "checkpoint", "--dir", store.to_str().unwrap()],
+        ));
+        let f: i64 = ok(&ortelius(
+            &live_config,
+            &["timestamp", "fetch", "--file", f_file.to_str().unwrap()],
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+        ok(&ortelius(&live_config, &["backup-lock", "--release"]));
+        backups.push((store, b_file, f_file, b, f, acked_before_b));
+        std::thread::sleep(Duration::from_millis(300)); // the workload continues
+    }
+    let total_acked = acked(&acks).len();
+    drop(workload); // total loss of the live process
+    assert!(
+        total_acked > backups.last().unwrap().5.len(),
+        "the workload kept committing after the last backup"
+    );
+
+    for (store, b_file, f_file, b, f, acked_before_b) in backups {
+        let restored = config(dir.path(), "restored.yml", &store, None);
+        ok(&ortelius(
+            &restored,
+            &[
+                "timestamp",
+                "clean-transactions",
+                "--file",
+                b_file.to_str().unwrap(),
+            ],
+        ));
+        ok(&ortelius(
+            &restored,
+            &[
+                "timestamp",
+                "fast-forward",
+                "--file",
+                f_file.to_str().unwrap(),
+            ],
+        ));
+        ok(&ortelius(&restored, &["backup-lock", "--release"]));
+        assert!(ok(&ortelius(&restored, &["verify", "bank"])).starts_with("ok"));
+        let (m, _) = manager(&store);
+        let txn = m.begin_read_only().unwrap();
+        assert!(txn.start_ts() > f, "new timestamps start above F");
+        let transfers = TableRef::new("bank", "transfers").unwrap();
+        let cells: Vec<Cell> = acked_before_b
+            .iter()
+            .map(|id| Cell::new(id.as_str(), "t").unwrap())
+            .collect();
+        assert_eq!(
+            txn.get(&transfers, &cells).unwrap().len(),
+            cells.len(),
+            "every transfer acknowledged before B is present"
+        );
+        // Nothing committed at or after B is visible.
+        for row in txn
+            .get_range(&transfers, &ortelius_kvs::RangeRequest::all())
+            .unwrap()
+        {
+            let cell = Cell::new(row.unwrap().row, "t").unwrap();
+            let start = m
+                .kvs()
+                .get_latest_timestamps(&transfers, &[(cell.clone(), txn.start_ts())])
+                .unwrap()[&cell];
+            match m.transactions_table().load(&[start]).unwrap().get(&start) {
+                Some(ortelius_txn::TxnStatus::Committed(c)) => {
+                    assert!(*c < b, "{cell} committed at {c} >= B {b}")
+                }
+                other => panic!("{cell} visible but {other:?}"),
+            }
+        }
+    }
+}

@@ -720,6 +720,11 @@ impl KeyValueService for RocksDbKvs {
                 ),
             });
         }
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| KvsError::Storage {
+                detail: format!("cannot create {}: {e}", parent.display()),
+            })?;
+        }
         rocksdb::checkpoint::Checkpoint::new(&self.db)
             .and_then(|c| c.create_checkpoint(dir))
             .map_err(|e| KvsError::Storage {

@@ -210,6 +210,25 @@ fn route(
                 .map_err(|e| ApiError(409, e.to_string()))?;
             Ok(json!({"dir": dir}))
         }
+        (Method::Get, "/v1/sweep/status") => {
+            let mut tables = Vec::new();
+            for table in m
+                .kvs()
+                .list_tables()
+                .map_err(|e| ApiError(500, e.to_string()))?
+            {
+                if table.namespace().is_empty() {
+                    continue;
+                }
+                let next = state.sweeper.progress(&table)?;
+                tables.push(json!({
+                    "table": table.qualified_name(),
+                    "strategy": format!("{:?}", m.table_metadata(&table)?.sweep_strategy),
+                    "in_progress": next.is_some(),
+                }));
+            }
+            Ok(json!({"sweep_ts": state.sweeper.sweep_timestamp()?, "tables": tables}))
+        }
         (Method::Post, "/v1/sweep") => {
             let dry_run = body
                 .get("dry_run")
