@@ -67,11 +67,14 @@ enum Command {
         release: bool,
         #[arg(long)]
         status: bool,
+        /// With --release: succeed even if the lock is not held.
+        #[arg(long)]
+        force: bool,
         /// Why the lock is taken (shown in --status).
         #[arg(long, requires = "acquire", default_value = "backup")]
         reason: String,
         /// Let deletions resume after this long even if nobody releases (e.g. 2h).
-        #[arg(long, requires = "acquire", value_parser = runbook::parse_duration)]
+        #[arg(long, value_parser = runbook::parse_duration)]
         lease: Option<Duration>,
     },
 }
@@ -191,15 +194,22 @@ fn run(cli: &Cli) -> Result<()> {
             release,
             reason,
             lease,
+            force,
             ..
         } => {
+            if *force && !*release {
+                anyhow::bail!("--force only goes with --release");
+            }
+            if lease.is_some() && !*acquire {
+                anyhow::bail!("--lease only goes with --acquire");
+            }
             let action = if *acquire {
                 runbook::LockAction::Acquire {
                     reason: reason.clone(),
                     lease: *lease,
                 }
             } else if *release {
-                runbook::LockAction::Release
+                runbook::LockAction::Release { force: *force }
             } else {
                 runbook::LockAction::Status
             };

@@ -171,7 +171,11 @@ pub enum LockAction {
         reason: String,
         lease: Option<Duration>,
     },
-    Release,
+    /// With `force`, releasing a lock that is not held is not an error (for cleanup scripts
+    /// that always release).
+    Release {
+        force: bool,
+    },
     Status,
 }
 
@@ -192,12 +196,19 @@ pub fn backup_lock(config: &AtlasConfig, action: LockAction) -> Result<()> {
                 let held = client.call("POST", "/v1/backup-lock/acquire", Some(&body))?;
                 println!("backup lock acquired by {}", describe_holder(&held));
             }
-            LockAction::Release => {
-                let released = client.call("POST", "/v1/backup-lock/release", None)?;
-                println!(
-                    "backup lock released (was held by {})",
-                    describe_holder(&released)
-                );
+            LockAction::Release { force } => {
+                match client.call("POST", "/v1/backup-lock/release", None) {
+                    Ok(released) => println!(
+                        "backup lock released (was held by {})",
+                        describe_holder(&released)
+                    ),
+                    Err(ortelius_management::ManagementError::Refused { status: 409, .. })
+                        if force =>
+                    {
+                        println!("backup lock was not held; nothing to release")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             LockAction::Status => {
                 let s = client.call("GET", "/v1/backup-lock/status", None)?;
@@ -221,13 +232,18 @@ pub fn backup_lock(config: &AtlasConfig, action: LockAction) -> Result<()> {
                 held.holder, held.reason
             );
         }
-        LockAction::Release => {
-            let released = lock.release()?;
-            println!(
-                "backup lock released (was held by {}, reason: {})",
-                released.holder, released.reason
-            );
-        }
+        LockAction::Release { force } => match lock.release() {
+            Ok(released) => {
+                println!(
+                    "backup lock released (was held by {}, reason: {})",
+                    released.holder, released.reason
+                )
+            }
+            Err(ortelius_txn::BackupLockError::NotHeld) if force => {
+                println!("backup lock was not held; nothing to release")
+            }
+            Err(e) => return Err(e.into()),
+        },
         LockAction::Status => {
             let status = lock.status()?;
             match (&status.held, &status.expired) {

@@ -116,6 +116,11 @@ fn the_offline_runbook_steps_work_through_the_binary() {
         .unwrap();
     ok(&env.run(&["backup-lock", "--release"]));
     fails(&env.run(&["backup-lock", "--release"]), "not held");
+    assert!(ok(&env.run(&["backup-lock", "--release", "--force"])).contains("not held"));
+    fails(
+        &env.run(&["backup-lock", "--acquire", "--force"]),
+        "--release",
+    );
     // Restore steps on the same directory (standing in for a restored copy).
     let cleaned = ok(&env.run(&[
         "timestamp",
