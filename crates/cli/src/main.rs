@@ -37,6 +37,19 @@ enum Command {
     Timestamp(TimestampCommand),
     /// Runs the management API over the configured store (and a background sweeper).
     Serve,
+    /// Takes a live, consistent backup into a new directory (`backup verify` checks one).
+    Backup(BackupArgs),
+    /// Restores a backup into the configured store's directory (offline).
+    Restore {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Replace a non-empty target directory.
+        #[arg(long)]
+        force: bool,
+        /// Restore the state as of this earlier timestamp (within the backup's complete range).
+        #[arg(long)]
+        as_of: Option<i64>,
+    },
     /// Runs a workload against the configured store (serving the management API meanwhile).
     #[command(subcommand)]
     Workload(WorkloadCommand),
@@ -76,6 +89,25 @@ enum Command {
         /// Let deletions resume after this long even if nobody releases (e.g. 2h).
         #[arg(long, value_parser = runbook::parse_duration)]
         lease: Option<Duration>,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BackupArgs {
+    #[command(subcommand)]
+    action: Option<BackupAction>,
+    /// The backup directory (new or empty).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BackupAction {
+    /// Checks that a backup is complete and every file matches its checksum.
+    Verify {
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -166,6 +198,17 @@ fn run(cli: &Cli) -> Result<()> {
             runbook::clean_transactions(&load_config(cli)?, backup_ts)
         }
         Command::Serve => runbook::serve(&load_config(cli)?),
+        Command::Backup(BackupArgs {
+            action: Some(BackupAction::Verify { dir }),
+            ..
+        }) => runbook::verify_backup(dir),
+        Command::Backup(BackupArgs { action: None, dir }) => {
+            let dir = dir.as_ref().context("backup needs --dir <new directory>")?;
+            runbook::backup(&load_config(cli)?, dir)
+        }
+        Command::Restore { dir, force, as_of } => {
+            runbook::restore(&load_config(cli)?, dir, *force, *as_of)
+        }
         Command::Workload(WorkloadCommand::Bank {
             accounts,
             threads,

@@ -328,3 +328,105 @@ fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycl
         }
     }
 }
+
+#[test]
+fn one_shot_backups_during_the_workload_restore_consistently() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("live");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let live_config = config(dir.path(), "live.yml", &data, Some(&address));
+    let acks = dir.path().join("acks");
+    let workload = Serving(
+        Command::new(env!("CARGO_BIN_EXE_ortelius"))
+            .arg("--config")
+            .arg(&live_config)
+            .args([
+                "workload",
+                "bank",
+                "--accounts",
+                "20",
+                "--threads",
+                "4",
+                "--duration",
+                "120s",
+                "--ack-file",
+            ])
+            .arg(&acks)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = ManagementClient::new(&address, Some("t0ken".into()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.is_live() || acked(&acks).len() < 50 {
+        assert!(Instant::now() < deadline, "the workload did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut backups = Vec::new();
+    for cycle in 0..2 {
+        let backup = dir.path().join(format!("backup{cycle}"));
+        let acked_before = acked(&acks);
+        let out = ok(&ortelius(
+            &live_config,
+            &["backup", "--dir", backup.to_str().unwrap()],
+        ));
+        assert!(out.contains("backup complete"), "{out}");
+        assert!(ok(&ortelius(
+            &live_config,
+            &["backup", "verify", "--dir", backup.to_str().unwrap()]
+        ))
+        .contains("intact"));
+        assert!(
+            ok(&ortelius(&live_config, &["backup-lock", "--status"])).contains("not held"),
+            "always released"
+        );
+        backups.push((backup, acked_before));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let busy = ortelius(
+        &live_config,
+        &["restore", "--dir", backups[0].0.to_str().unwrap()],
+    );
+    assert!(
+        !busy.status.success()
+            && String::from_utf8_lossy(&busy.stderr).contains("only safe offline")
+    );
+    drop(workload);
+
+    for (i, (backup, acked_before)) in backups.iter().enumerate() {
+        let target = dir.path().join(format!("restored{i}"));
+        let restored = config(dir.path(), &format!("restored{i}.yml"), &target, None);
+        assert!(ok(&ortelius(
+            &restored,
+            &["restore", "--dir", backup.to_str().unwrap()]
+        ))
+        .contains("restored"));
+        let again = ortelius(&restored, &["restore", "--dir", backup.to_str().unwrap()]);
+        assert!(
+            !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force")
+        );
+        ok(&ortelius(
+            &restored,
+            &["restore", "--dir", backup.to_str().unwrap(), "--force"],
+        ));
+        assert!(ok(&ortelius(&restored, &["verify", "bank"])).starts_with("ok"));
+        let (m, _) = manager(&target);
+        let txn = m.begin_read_only().unwrap();
+        let transfers = TableRef::new("bank", "transfers").unwrap();
+        let cells: Vec<Cell> = acked_before
+            .iter()
+            .map(|id| Cell::new(id.as_str(), "t").unwrap())
+            .collect();
+        assert_eq!(
+            txn.get(&transfers, &cells).unwrap().len(),
+            cells.len(),
+            "acknowledged before the backup began: present"
+        );
+    }
+}

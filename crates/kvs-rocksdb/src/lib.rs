@@ -53,6 +53,10 @@ pub struct RocksDbConfig {
     pub durability: Durability,
 }
 
+/// A file a restore writes into the data directory before anything else and removes when it
+/// has finished; `open` refuses a directory that has it.
+pub const RESTORE_MARKER: &str = "ORTELIUS-RESTORE-IN-PROGRESS";
+
 /// The RocksDB options every store is opened with (LZ4, 10-bit bloom filters). Public so
 /// benchmarks run their raw-RocksDB baseline with exactly the same settings.
 pub fn rocksdb_options() -> Options {
@@ -101,6 +105,18 @@ impl RocksDbKvs {
     /// Opens (creating if needed) the store in `dir`. Fails with `StoreLocked` when another
     /// process — or another handle in this one — has it open.
     pub fn open(dir: impl AsRef<Path>, config: &RocksDbConfig) -> KvsResult<Self> {
+        let dir = dir.as_ref();
+        if dir.join(RESTORE_MARKER).exists() {
+            return Err(KvsError::UnfinishedRestore {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Self::open_restoring(dir, config)
+    }
+
+    /// Opens a store even while its directory carries the restore marker: for the restore
+    /// itself, which removes the marker when it has finished.
+    pub fn open_restoring(dir: impl AsRef<Path>, config: &RocksDbConfig) -> KvsResult<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| KvsError::Storage {
             detail: format!("cannot create data directory {}: {e}", dir.display()),

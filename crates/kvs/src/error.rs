@@ -39,6 +39,9 @@ pub enum KvsError {
     },
     #[error("the store at {} is already open in another process (or elsewhere in this one); stop that process or use its management API", dir.display())]
     StoreLocked { dir: PathBuf, detail: String },
+    /// The directory holds a restore that began and did not finish.
+    #[error("a restore into {} began but did not finish; run the restore again (it starts over), or remove the directory", dir.display())]
+    UnfinishedRestore { dir: PathBuf },
     #[error("{operation} is not supported by the {backend} backend")]
     Unsupported {
         operation: &'static str,

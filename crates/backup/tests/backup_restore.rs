@@ -1,0 +1,174 @@
+//! One-shot backup and restore: round trip, damaged backups, targets, crashed restores, as-of.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ortelius_backup::{
+    backup, restore, verify, BackupError, DirectSource, MANIFEST, STARTED_MARKER,
+};
+use ortelius_kvs::{Cell, KeyValueService, KvsError, TableRef};
+use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs, RESTORE_MARKER};
+use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
+
+fn manager(dir: &Path) -> (TransactionManager, TableRef) {
+    let kvs: Arc<dyn KeyValueService> =
+        Arc::new(RocksDbKvs::open(dir, &RocksDbConfig::default()).unwrap());
+    let m = TransactionManager::embedded(kvs, TransactionConfig::default()).unwrap();
+    let t = TableRef::new("app", "t").unwrap();
+    m.create_table(&t, TableMetadata::default()).unwrap();
+    (m, t)
+}
+
+fn put(m: &TransactionManager, t: &TableRef, row: &str) -> i64 {
+    m.run(|txn| {
+        txn.put(t, &Cell::new(row, "v").unwrap(), b"1".to_vec())?;
+        Ok(txn.start_ts())
+    })
+    .unwrap()
+}
+
+fn present(m: &TransactionManager, t: &TableRef, row: &str) -> bool {
+    m.begin_read_only()
+        .unwrap()
+        .get_one(t, &Cell::new(row, "v").unwrap())
+        .unwrap()
+        .is_some()
+}
+
+/// A store with "before" committed, a backup, then "after" committed.
+fn backed_up(root: &Path) -> std::path::PathBuf {
+    let (m, t) = manager(&root.join("live"));
+    put(&m, &t, "before");
+    let dir = root.join("backup");
+    let manifest = backup(&DirectSource::new(m.clone()).unwrap(), &dir).unwrap();
+    assert!(manifest.backup_ts < manifest.fast_forward_ts && !manifest.files.is_empty());
+    put(&m, &t, "after");
+    dir
+}
+
+#[test]
+fn a_backup_restores_from_scratch_to_exactly_the_state_at_b() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = backed_up(root.path());
+    assert!(dir.join(STARTED_MARKER).exists() && dir.join(MANIFEST).exists());
+    let target = root.path().join("restored");
+    let report = restore(&dir, &target, false, None).unwrap();
+    assert!(report.bytes_copied > 0);
+    let (m, t) = manager(&target);
+    assert!(present(&m, &t, "before") && !present(&m, &t, "after"));
+    assert!(m.fresh_timestamp().unwrap() > report.manifest.fast_forward_ts);
+    let lock =
+        ortelius_txn::BackupLock::new(m.kvs().clone(), Arc::new(ortelius_txn::SystemWallClock))
+            .unwrap();
+    assert_eq!(
+        lock.status().unwrap().held,
+        None,
+        "the persisted lock was released"
+    );
+}
+
+#[test]
+fn damaged_backups_fail_verification_and_are_not_restored() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = backed_up(root.path());
+    let manifest = verify(&dir).unwrap();
+    let largest = manifest.files.iter().max_by_key(|f| f.1).unwrap().0.clone();
+    let victim = dir.join("store").join(&largest);
+    let original = std::fs::read(&victim).unwrap();
+    let mut flipped = original.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    std::fs::write(&victim, &flipped).unwrap();
+    assert!(matches!(verify(&dir), Err(BackupError::Corrupt { .. })));
+    assert!(matches!(
+        restore(&dir, &root.path().join("r1"), false, None),
+        Err(BackupError::Corrupt { .. })
+    ));
+    assert!(
+        !root.path().join("r1").exists(),
+        "nothing written for a refused restore"
+    );
+    std::fs::remove_file(&victim).unwrap();
+    assert!(
+        matches!(verify(&dir), Err(BackupError::Corrupt { detail, .. }) if detail.contains("missing"))
+    );
+    std::fs::write(&victim, &original).unwrap();
+    verify(&dir).unwrap();
+    let text = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
+    std::fs::write(dir.join(MANIFEST), &text[..text.len() / 2]).unwrap();
+    assert!(matches!(verify(&dir), Err(BackupError::Corrupt { .. })));
+    std::fs::remove_file(dir.join(MANIFEST)).unwrap();
+    assert!(matches!(verify(&dir), Err(BackupError::Incomplete(_))));
+    assert!(matches!(
+        verify(root.path()),
+        Err(BackupError::NotABackup(_))
+    ));
+}
+
+#[test]
+fn targets_and_backup_directories_must_be_empty_unless_forced() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = backed_up(root.path());
+    let (m, _) = manager(&root.path().join("other"));
+    assert!(matches!(
+        backup(&DirectSource::new(m).unwrap(), &dir),
+        Err(BackupError::NotEmpty { .. })
+    ));
+    let target = root.path().join("occupied");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("precious"), b"data").unwrap();
+    assert!(matches!(
+        restore(&dir, &target, false, None),
+        Err(BackupError::NotEmpty { .. })
+    ));
+    assert!(target.join("precious").exists(), "nothing touched");
+    restore(&dir, &target, true, None).unwrap();
+    assert!(!target.join("precious").exists());
+    let (m, t) = manager(&target);
+    assert!(present(&m, &t, "before"));
+}
+
+#[test]
+fn a_crashed_restore_refuses_to_open_and_a_rerun_finishes_it() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = backed_up(root.path());
+    let target = root.path().join("restored");
+    // What a restore killed midway leaves: the marker and some files.
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join(RESTORE_MARKER), b"restoring\n").unwrap();
+    std::fs::write(target.join("000001.sst"), b"partial").unwrap();
+    match RocksDbKvs::open(&target, &RocksDbConfig::default()) {
+        Err(err @ KvsError::UnfinishedRestore { .. }) => {
+            assert!(err.to_string().contains("run the restore again"))
+        }
+        Err(other) => panic!("expected UnfinishedRestore, got {other}"),
+        Ok(_) => panic!("opened a half-restored store"),
+    }
+    restore(&dir, &target, false, None).unwrap();
+    let (m, t) = manager(&target);
+    assert!(present(&m, &t, "before"));
+}
+
+#[test]
+fn restoring_as_of_an_earlier_timestamp_shows_exactly_the_commits_before_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (m, t) = manager(&root.path().join("live"));
+    put(&m, &t, "first");
+    let as_of = m.fresh_timestamp().unwrap();
+    put(&m, &t, "second");
+    let dir = root.path().join("backup");
+    let manifest = backup(&DirectSource::new(m.clone()).unwrap(), &dir).unwrap();
+    let target = root.path().join("restored");
+    restore(&dir, &target, false, Some(as_of)).unwrap();
+    let (r, rt) = manager(&target);
+    assert!(present(&r, &rt, "first") && !present(&r, &rt, "second"));
+    let err = restore(
+        &dir,
+        &root.path().join("r2"),
+        false,
+        Some(manifest.backup_ts + 1),
+    )
+    .unwrap_err();
+    assert!(matches!(err, BackupError::AsOfOutOfRange { .. }), "{err}");
+}
