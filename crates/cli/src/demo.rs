@@ -1,6 +1,6 @@
 //! `ortelius demo`: needs no config. It creates an embedded store in a temporary directory and
-//! runs the bank workload. Mid-run it performs the runbook's live backup steps, then restores
-//! the backup into a second directory from scratch, verifies, and reports.
+//! runs the bank workload. Mid-run it takes a one-shot live backup (the runbook's steps), then
+//! restores it into a second directory from scratch, verifies, and reports.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use ortelius_kvs::KeyValueService;
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
-use ortelius_txn::{BackupLock, SystemWallClock, TransactionConfig, TransactionManager};
+use ortelius_txn::{TransactionConfig, TransactionManager};
 
 use crate::bank;
 
@@ -36,24 +36,6 @@ fn open(dir: &Path) -> Result<(TransactionManager, Arc<dyn KeyValueService>)> {
     ))
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<u64> {
-    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
-    let mut bytes = 0;
-    for entry in
-        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
-    {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            bytes += copy_dir(&entry.path(), &target)?;
-        } else {
-            bytes += std::fs::copy(entry.path(), &target)
-                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
-        }
-    }
-    Ok(bytes)
-}
-
 pub fn run(args: &DemoArgs) -> Result<()> {
     let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let base = args
@@ -67,7 +49,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         base.join("acknowledged-transfers"),
     );
     let (m, kvs) = open(&live_dir)?;
-    let lock = BackupLock::new(kvs.clone(), Arc::new(SystemWallClock))?;
     let workload = bank::Workload {
         accounts: args.accounts,
         threads: args.threads,
@@ -87,26 +68,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let (committed, backup) = std::thread::scope(|s| -> Result<_> {
         let worker = s.spawn(|| bank::run(&m, &workload, &stop, false));
         std::thread::sleep(args.duration / 3);
-        // The runbook's live backup steps, while the workload keeps writing.
+        // The one-shot backup (the runbook's live steps) while the workload keeps writing.
         let backup_started = Instant::now();
         let backup = (|| -> Result<_> {
-            lock.acquire(
-                "ortelius demo",
-                "live backup",
-                None,
-                Duration::from_secs(60),
-            )?;
-            let acked_before_b = bank::read_acks(&acks).unwrap_or_default();
-            let backup_ts = m.fresh_timestamp()?;
-            kvs.checkpoint(&backup_dir.join("store"))?;
-            let fast_forward_ts = m.fresh_timestamp()?;
-            lock.release()?;
-            Ok((
-                acked_before_b,
-                backup_ts,
-                fast_forward_ts,
-                backup_started.elapsed(),
-            ))
+            let acked_before = bank::read_acks(&acks).unwrap_or_default();
+            let source =
+                ortelius_backup::DirectSource::new(m.clone()).map_err(anyhow::Error::msg)?;
+            let manifest = ortelius_backup::backup(&source, &backup_dir)?;
+            Ok((acked_before, manifest, backup_started.elapsed()))
         })();
         if backup.is_err() {
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -117,18 +86,16 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         Ok((committed, backup?))
     })?;
     let elapsed = started.elapsed();
-    let (acked_before_b, backup_ts, fast_forward_ts, backup_time) = backup;
+    let (acked_before_b, manifest, backup_time) = backup;
+    let (backup_ts, fast_forward_ts) = (manifest.backup_ts, manifest.fast_forward_ts);
     let live = bank::verify(&m.begin_read_only()?)?;
-    drop((m, kvs, lock));
+    drop((m, kvs));
 
-    // Restore from total loss: copy the backup into an empty directory, then the restore steps.
+    // Restore from total loss into an empty directory.
     let restore_started = Instant::now();
-    let bytes = copy_dir(&backup_dir.join("store"), &restored_dir)?;
-    let (r, rkvs) = open(&restored_dir)?;
-    let cleaned = r.transactions_table().clean_from(backup_ts, |_| {})?;
-    r.timestamps().fast_forward(fast_forward_ts)?;
-    BackupLock::new(rkvs, Arc::new(SystemWallClock))?.release()?;
+    let report = ortelius_backup::restore(&backup_dir, &restored_dir, false, None)?;
     let restore_time = restore_started.elapsed();
+    let (r, _) = open(&restored_dir)?;
     let txn = r.begin_read_only()?;
     let restored = bank::verify(&txn)?;
     let present = bank::transfers_present(&txn, &acked_before_b)?;
@@ -149,9 +116,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     println!("  workload: {committed} transfers in {:.1?} ({:.0}/s); live invariant holds ({} accounts, total {})",
         elapsed, committed as f64 / elapsed.as_secs_f64(), live.accounts, live.total);
-    println!("  backup (live, mid-run): lock -> B = {backup_ts} -> checkpoint -> F = {fast_forward_ts} -> release in {backup_time:.1?}");
-    println!("  restore from scratch: copied {:.1} MB, cleaned {} later commits, fast-forwarded, released the lock in {restore_time:.1?}",
-        bytes as f64 / 1e6, cleaned.deleted);
+    println!("  one-shot backup (live, mid-run): lock -> B = {backup_ts} -> checkpoint -> F = {fast_forward_ts} -> release -> checksums -> manifest in {backup_time:.1?}");
+    println!("  restore from scratch: verified {} files, copied {:.1} MB, cleaned {} later commits, fast-forwarded, released the lock in {restore_time:.1?}",
+        manifest.files.len(), report.bytes_copied as f64 / 1e6, report.transactions_removed);
     println!("  restored store: invariant holds ({} accounts, total {}); all {} transfers acknowledged before B present; none committed at or after B visible; new timestamps start above F",
         restored.accounts, restored.total, acked_before_b.len());
     Ok(())
