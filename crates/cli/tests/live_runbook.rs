@@ -182,14 +182,9 @@ fn the_runbook_runs_live_through_serve_and_restores_offline() {
     );
 }
 
-fn acked(file: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    complete.lines().map(str::to_owned).collect()
-}
-
-#[test]
-fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycles() {
+/// Starts `ortelius workload bank` as a separate process serving the management API and waits
+/// until it answers and has acknowledged some transfers.
+fn start_bank_workload() -> (tempfile::TempDir, PathBuf, PathBuf, Serving) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("live");
     let port = TcpListener::bind("127.0.0.1:0")
@@ -227,6 +222,18 @@ fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycl
         assert!(Instant::now() < deadline, "the workload did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (dir, live_config, acks, workload)
+}
+
+fn acked(file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycles() {
+    let (dir, live_config, acks, workload) = start_bank_workload();
     let mut backups = Vec::new();
     for cycle in 0..3 {
         let backup = dir.path().join(format!("backup{cycle}"));
@@ -331,43 +338,7 @@ fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycl
 
 #[test]
 fn one_shot_backups_during_the_workload_restore_consistently() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("live");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
-    let live_config = config(dir.path(), "live.yml", &data, Some(&address));
-    let acks = dir.path().join("acks");
-    let workload = Serving(
-        Command::new(env!("CARGO_BIN_EXE_ortelius"))
-            .arg("--config")
-            .arg(&live_config)
-            .args([
-                "workload",
-                "bank",
-                "--accounts",
-                "20",
-                "--threads",
-                "4",
-                "--duration",
-                "120s",
-                "--ack-file",
-            ])
-            .arg(&acks)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let client = ManagementClient::new(&address, Some("t0ken".into()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client.is_live() || acked(&acks).len() < 50 {
-        assert!(Instant::now() < deadline, "the workload did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (dir, live_config, acks, workload) = start_bank_workload();
     let mut backups = Vec::new();
     for cycle in 0..2 {
         let backup = dir.path().join(format!("backup{cycle}"));
