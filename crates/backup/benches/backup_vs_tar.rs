@@ -1,0 +1,170 @@
+//! `ortelius backup` / `restore` against the seed's `tar -czf` / `tar -xzf` of the stopped store
+//! and against `cp -r` (the disk's limit), on the same ≥ 1 GiB store in one run. Prints the
+//! throughput ratios (baseline time / our time) and the peak Rust heap of backup and restore
+//! (counting allocator; RocksDB's C++ allocations are not included).
+//!
+//! `cargo bench -p ortelius-backup --bench backup_vs_tar` (needs ~4 GiB of free disk).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// The counting allocator needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ortelius_backup::{backup, restore, DirectSource};
+use ortelius_kvs::{Cell, KeyValueService, TableRef};
+use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
+
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const TARGET_BYTES: u64 = 1 << 30;
+const VALUE_LEN: usize = 4096;
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let started = Instant::now();
+    f();
+    started.elapsed()
+}
+
+fn sh(cmd: &mut Command) {
+    let status = cmd.status().expect("command runs");
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// Peak Rust heap above the current level while `f` runs.
+fn peak_heap(f: impl FnOnce()) -> usize {
+    let base = LIVE.load(Ordering::SeqCst);
+    PEAK.store(base, Ordering::SeqCst);
+    f();
+    PEAK.load(Ordering::SeqCst).saturating_sub(base)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    {
+        let kvs: Arc<dyn KeyValueService> =
+            Arc::new(RocksDbKvs::open(&store, &RocksDbConfig::default()).unwrap());
+        let m = TransactionManager::embedded(kvs.clone(), TransactionConfig::default()).unwrap();
+        let t = TableRef::new("bench", "blobs").unwrap();
+        m.create_table(&t, TableMetadata::default()).unwrap();
+        // Incompressible values, so neither gzip nor LZ4 shrinks the data.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut written = 0u64;
+        let mut i = 0u64;
+        while written < TARGET_BYTES + TARGET_BYTES / 10 {
+            let batch: Vec<_> = (0..256)
+                .map(|_| {
+                    i += 1;
+                    let value: Vec<u8> = (0..VALUE_LEN / 8)
+                        .flat_map(|_| {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            state.to_le_bytes()
+                        })
+                        .collect();
+                    (Cell::new(i.to_be_bytes(), "v").unwrap(), value)
+                })
+                .collect();
+            kvs.put(&t, &batch, 1).unwrap();
+            written += (256 * VALUE_LEN) as u64;
+        }
+        let source = DirectSource::new(m).unwrap();
+        // Our backup runs live (the store stays open); the baselines need it stopped.
+        let ours_dir = root.path().join("ortelius-backup");
+        let mut backup_heap = 0;
+        let t_backup =
+            timed(|| backup_heap = peak_heap(|| drop(backup(&source, &ours_dir).unwrap())));
+        drop(source);
+        drop(kvs);
+        let store_bytes = dir_bytes(&store);
+        let t_tar = timed(|| {
+            sh(Command::new("tar")
+                .arg("-czf")
+                .arg(root.path().join("store.tgz"))
+                .arg("-C")
+                .arg(&store)
+                .arg("."))
+        });
+        let t_cp = timed(|| {
+            sh(Command::new("cp")
+                .arg("-r")
+                .arg(&store)
+                .arg(root.path().join("store-copy")))
+        });
+        let mut restore_heap = 0;
+        let t_restore = timed(|| {
+            restore_heap = peak_heap(|| {
+                drop(restore(&ours_dir, &root.path().join("restored"), false, None).unwrap())
+            })
+        });
+        let untar = root.path().join("untarred");
+        std::fs::create_dir_all(&untar).unwrap();
+        let t_untar = timed(|| {
+            sh(Command::new("tar")
+                .arg("-xzf")
+                .arg(root.path().join("store.tgz"))
+                .arg("-C")
+                .arg(&untar))
+        });
+        let t_cp_back = timed(|| {
+            sh(Command::new("cp")
+                .arg("-r")
+                .arg(root.path().join("store-copy"))
+                .arg(root.path().join("copied-back")))
+        });
+        let gib = store_bytes as f64 / (1u64 << 30) as f64;
+        println!("backup bench: store {gib:.2} GiB on disk");
+        println!(
+            "backup:  ortelius {:.2}s | tar -czf {:.2}s (ratio {:.1}x, target >= 3x) | cp -r {:.2}s (ratio {:.2}x, target >= 0.8x)",
+            t_backup.as_secs_f64(), t_tar.as_secs_f64(), t_tar.as_secs_f64() / t_backup.as_secs_f64(),
+            t_cp.as_secs_f64(), t_cp.as_secs_f64() / t_backup.as_secs_f64()
+        );
+        println!(
+            "restore: ortelius {:.2}s | tar -xzf {:.2}s (ratio {:.1}x, target >= 3x) | cp -r {:.2}s (ratio {:.2}x, target >= 0.8x)",
+            t_restore.as_secs_f64(), t_untar.as_secs_f64(), t_untar.as_secs_f64() / t_restore.as_secs_f64(),
+            t_cp_back.as_secs_f64(), t_cp_back.as_secs_f64() / t_restore.as_secs_f64()
+        );
+        println!(
+            "memory:  peak Rust heap during backup {:.1} MiB, during restore {:.1} MiB (target < 256 MiB)",
+            backup_heap as f64 / (1 << 20) as f64,
+            restore_heap as f64 / (1 << 20) as f64
+        );
+    }
+}
