@@ -200,13 +200,19 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io("cannot write", path))
 }
 
-/// Takes a live, consistent backup into `dir` (new or empty).
+/// Takes a live, consistent backup into `dir` (new, empty, or holding an incomplete backup,
+/// which is started over).
 pub fn backup(source: &dyn BackupSource, dir: &Path) -> Result<Manifest> {
     if !is_empty_dir(dir)? {
-        return Err(BackupError::NotEmpty {
-            path: dir.to_path_buf(),
-            hint: "",
-        });
+        let incomplete = dir.join(STARTED_MARKER).exists() && !dir.join(MANIFEST).exists();
+        if !incomplete {
+            return Err(BackupError::NotEmpty {
+                path: dir.to_path_buf(),
+                hint: "",
+            });
+        }
+        // A backup that crashed midway: start it over.
+        std::fs::remove_dir_all(dir).map_err(io("cannot clear the incomplete backup", dir))?;
     }
     std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
     write_synced(

@@ -172,3 +172,34 @@ fn restoring_as_of_an_earlier_timestamp_shows_exactly_the_commits_before_it() {
     .unwrap_err();
     assert!(matches!(err, BackupError::AsOfOutOfRange { .. }), "{err}");
 }
+
+#[test]
+fn a_backup_that_crashed_midway_is_recognised_and_a_rerun_succeeds() {
+    let root = tempfile::tempdir().unwrap();
+    let (m, t) = manager(&root.path().join("live"));
+    put(&m, &t, "row");
+    let dir = root.path().join("backup");
+    // What a backup killed after its checkpoint leaves: the marker and files, no manifest.
+    std::fs::create_dir_all(dir.join("store")).unwrap();
+    std::fs::write(dir.join(STARTED_MARKER), b"started\n").unwrap();
+    std::fs::write(dir.join("store").join("leftover-from-the-crash"), b"half").unwrap();
+    assert!(matches!(verify(&dir), Err(BackupError::Incomplete(_))));
+    assert!(matches!(
+        restore(&dir, &root.path().join("r"), false, None),
+        Err(BackupError::Incomplete(_))
+    ));
+    backup(&DirectSource::new(m.clone()).unwrap(), &dir).unwrap();
+    verify(&dir).unwrap();
+    assert!(
+        !dir.join("store").join("leftover-from-the-crash").exists(),
+        "the leftovers were cleared"
+    );
+    let lock =
+        ortelius_txn::BackupLock::new(m.kvs().clone(), Arc::new(ortelius_txn::SystemWallClock))
+            .unwrap();
+    assert_eq!(
+        lock.status().unwrap().held,
+        None,
+        "the re-run released its lock"
+    );
+}
