@@ -340,7 +340,12 @@ fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycl
 fn one_shot_backups_during_the_workload_restore_consistently() {
     let (dir, live_config, acks, workload) = start_bank_workload();
     let mut backups = Vec::new();
-    for cycle in 0..2 {
+    // CI runs two cycles; scripts/soak.sh runs ORTELIUS_SOAK_CYCLES (25) of them.
+    let cycles: usize = std::env::var("ORTELIUS_SOAK_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for cycle in 0..cycles {
         let backup = dir.path().join(format!("backup{cycle}"));
         let acked_before = acked(&acks);
         let out = ok(&ortelius(
