@@ -17,6 +17,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,8 @@ pub enum BackupError {
         oldest: Timestamp,
         backup_ts: Timestamp,
     },
+    #[error("cancelled; the backup lock was released and {MANIFEST} not written (run the backup again to start over)")]
+    Cancelled,
     #[error("{0}")]
     Source(String),
 }
@@ -203,6 +206,23 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Takes a live, consistent backup into `dir` (new, empty, or holding an incomplete backup,
 /// which is started over).
 pub fn backup(source: &dyn BackupSource, dir: &Path) -> Result<Manifest> {
+    backup_cancellable(source, dir, &AtomicBool::new(false))
+}
+
+/// [`backup`], stopping at the next step once `cancel` is set (Ctrl-C): the lock is released
+/// and no manifest is written, so the directory is an incomplete backup that a re-run restarts.
+pub fn backup_cancellable(
+    source: &dyn BackupSource,
+    dir: &Path,
+    cancel: &AtomicBool,
+) -> Result<Manifest> {
+    let check = || {
+        if cancel.load(Ordering::SeqCst) {
+            Err(BackupError::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
     if !is_empty_dir(dir)? {
         let incomplete = dir.join(STARTED_MARKER).exists() && !dir.join(MANIFEST).exists();
         if !incomplete {
@@ -223,11 +243,14 @@ pub fn backup(source: &dyn BackupSource, dir: &Path) -> Result<Manifest> {
         .acquire_lock("ortelius backup", BACKUP_LOCK_LEASE)
         .map_err(BackupError::Source)?;
     let taken = (|| -> Result<_> {
+        check()?;
         let oldest = source.sweep_timestamp().map_err(BackupError::Source)?;
         let backup_ts = source.fresh_timestamp().map_err(BackupError::Source)?;
+        check()?;
         source
             .checkpoint(&dir.join(STORE_DIR))
             .map_err(BackupError::Source)?;
+        check()?;
         let fast_forward_ts = source.fresh_timestamp().map_err(BackupError::Source)?;
         Ok((oldest, backup_ts, fast_forward_ts))
     })();
@@ -240,6 +263,7 @@ pub fn backup(source: &dyn BackupSource, dir: &Path) -> Result<Manifest> {
     paths.sort();
     let mut files = Vec::new();
     for rel in paths {
+        check()?;
         let (size, sha) = sha256_file(&store.join(&rel))?;
         files.push((rel.to_string_lossy().into_owned(), size, sha));
     }

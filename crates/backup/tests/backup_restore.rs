@@ -203,3 +203,53 @@ fn a_backup_that_crashed_midway_is_recognised_and_a_rerun_succeeds() {
         "the re-run released its lock"
     );
 }
+
+/// Sets the cancel flag while the checkpoint runs (as Ctrl-C would).
+struct CancelDuringCheckpoint<'a> {
+    inner: DirectSource,
+    cancel: &'a std::sync::atomic::AtomicBool,
+}
+
+impl ortelius_backup::BackupSource for CancelDuringCheckpoint<'_> {
+    fn acquire_lock(&self, reason: &str, lease: std::time::Duration) -> Result<(), String> {
+        self.inner.acquire_lock(reason, lease)
+    }
+    fn release_lock(&self) -> Result<(), String> {
+        self.inner.release_lock()
+    }
+    fn fresh_timestamp(&self) -> Result<i64, String> {
+        self.inner.fresh_timestamp()
+    }
+    fn sweep_timestamp(&self) -> Result<i64, String> {
+        self.inner.sweep_timestamp()
+    }
+    fn checkpoint(&self, dir: &Path) -> Result<(), String> {
+        self.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.checkpoint(dir)
+    }
+}
+
+#[test]
+fn a_cancelled_backup_releases_the_lock_and_leaves_an_incomplete_backup() {
+    let root = tempfile::tempdir().unwrap();
+    let (m, t) = manager(&root.path().join("live"));
+    put(&m, &t, "row");
+    let dir = root.path().join("backup");
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let source = CancelDuringCheckpoint {
+        inner: DirectSource::new(m.clone()).unwrap(),
+        cancel: &cancel,
+    };
+    let err = ortelius_backup::backup_cancellable(&source, &dir, &cancel).unwrap_err();
+    assert!(matches!(err, BackupError::Cancelled), "{err}");
+    let lock =
+        ortelius_txn::BackupLock::new(m.kvs().clone(), Arc::new(ortelius_txn::SystemWallClock))
+            .unwrap();
+    assert_eq!(
+        lock.status().unwrap().held,
+        None,
+        "released at once, not after the lease"
+    );
+    assert!(matches!(verify(&dir), Err(BackupError::Incomplete(_))));
+    backup(&DirectSource::new(m).unwrap(), &dir).unwrap();
+}

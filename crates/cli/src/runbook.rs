@@ -469,13 +469,19 @@ impl ortelius_backup::BackupSource for LiveSource {
 
 /// `backup --dir D`: the whole live runbook in one step.
 pub fn backup(config: &AtlasConfig, dir: &Path) -> Result<()> {
+    // Ctrl-C stops the backup at its next step and releases the lock at once (instead of
+    // leaving it to its lease).
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cancel.clone();
+    ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
     let started = std::time::Instant::now();
     let manifest = match live(config) {
-        Some(client) => ortelius_backup::backup(&LiveSource(client), dir)?,
+        Some(client) => ortelius_backup::backup_cancellable(&LiveSource(client), dir, &cancel)?,
         None => {
             let source =
                 ortelius_backup::DirectSource::new(manager(config)?).map_err(anyhow::Error::msg)?;
-            ortelius_backup::backup(&source, dir)?
+            ortelius_backup::backup_cancellable(&source, dir, &cancel)?
         }
     };
     let bytes: u64 = manifest.files.iter().map(|f| f.1).sum();
