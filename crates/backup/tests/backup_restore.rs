@@ -253,3 +253,31 @@ fn a_cancelled_backup_releases_the_lock_and_leaves_an_incomplete_backup() {
     assert!(matches!(verify(&dir), Err(BackupError::Incomplete(_))));
     backup(&DirectSource::new(m).unwrap(), &dir).unwrap();
 }
+
+#[test]
+fn deep_verification_reads_everything_without_changing_the_backup() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = backed_up(root.path());
+    let report = ortelius_backup::verify_deep(&dir).unwrap();
+    assert!(report.keys > 0 && report.transactions >= 1);
+    verify(&dir).unwrap(); // every checksum still matches: the read-only open wrote nothing
+}
+
+#[test]
+fn deep_verification_catches_a_commit_record_after_f() {
+    let root = tempfile::tempdir().unwrap();
+    let (m, t) = manager(&root.path().join("live"));
+    put(&m, &t, "row");
+    // A record no real backup can contain: committed long after any F this backup will get.
+    m.transactions_table()
+        .put_unless_exists(5, ortelius_txn::TxnStatus::Committed(i64::MAX - 2))
+        .unwrap();
+    let dir = root.path().join("backup");
+    backup(&DirectSource::new(m).unwrap(), &dir).unwrap();
+    verify(&dir).unwrap(); // the files are intact...
+    let err = ortelius_backup::verify_deep(&dir).unwrap_err();
+    assert!(
+        matches!(&err, BackupError::Corrupt { detail, .. } if detail.contains("not before F")),
+        "{err}"
+    );
+}

@@ -108,6 +108,9 @@ enum BackupAction {
     Verify {
         #[arg(long)]
         dir: PathBuf,
+        /// Also open the backup read-only and check the store and its transactions table.
+        #[arg(long)]
+        deep: bool,
     },
 }
 
@@ -199,9 +202,9 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Command::Serve => runbook::serve(&load_config(cli)?),
         Command::Backup(BackupArgs {
-            action: Some(BackupAction::Verify { dir }),
+            action: Some(BackupAction::Verify { dir, deep }),
             ..
-        }) => runbook::verify_backup(dir),
+        }) => runbook::verify_backup(dir, *deep),
         Command::Backup(BackupArgs { action: None, dir }) => {
             let dir = dir.as_ref().context("backup needs --dir <new directory>")?;
             runbook::backup(&load_config(cli)?, dir)

@@ -497,16 +497,24 @@ pub fn backup(config: &AtlasConfig, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `backup verify --dir D`.
-pub fn verify_backup(dir: &Path) -> Result<()> {
-    let m = ortelius_backup::verify(dir)?;
-    println!(
-        "backup {} is intact: {} files match their checksums; B = {}, F = {}",
-        dir.display(),
-        m.files.len(),
-        m.backup_ts,
-        m.fast_forward_ts
-    );
+/// `backup verify --dir D [--deep]`.
+pub fn verify_backup(dir: &Path, deep: bool) -> Result<()> {
+    if deep {
+        let r = ortelius_backup::verify_deep(dir)?;
+        println!(
+            "backup {} is intact: {} files match their checksums; {} keys read back, {} transactions well-formed and before F = {}",
+            dir.display(), r.manifest.files.len(), r.keys, r.transactions, r.manifest.fast_forward_ts
+        );
+    } else {
+        let m = ortelius_backup::verify(dir)?;
+        println!(
+            "backup {} is intact: {} files match their checksums; B = {}, F = {}",
+            dir.display(),
+            m.files.len(),
+            m.backup_ts,
+            m.fast_forward_ts
+        );
+    }
     Ok(())
 }
 

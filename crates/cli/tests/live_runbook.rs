@@ -358,6 +358,17 @@ fn one_shot_backups_during_the_workload_restore_consistently() {
             &["backup", "verify", "--dir", backup.to_str().unwrap()]
         ))
         .contains("intact"));
+        let deep = ok(&ortelius(
+            &live_config,
+            &[
+                "backup",
+                "verify",
+                "--deep",
+                "--dir",
+                backup.to_str().unwrap(),
+            ],
+        ));
+        assert!(deep.contains("well-formed"), "{deep}");
         assert!(
             ok(&ortelius(&live_config, &["backup-lock", "--status"])).contains("not held"),
             "always released"

@@ -134,6 +134,10 @@ impl RocksDbKvs {
                 }
             }
         })?;
+        Self::from_db(db, dir, config)
+    }
+
+    fn from_db(db: DB, dir: PathBuf, config: &RocksDbConfig) -> KvsResult<Self> {
         let tables = load_catalog(&db)?;
         let mut plain_writes = WriteOptions::default();
         plain_writes.set_sync(config.durability.sync_writes);
@@ -149,6 +153,37 @@ impl RocksDbKvs {
             plain_writes,
             atomic_writes,
         })
+    }
+
+    /// Opens a store read-only (e.g. a backup to inspect): nothing in `dir` is modified, and
+    /// every write fails.
+    pub fn open_read_only(dir: impl AsRef<Path>, config: &RocksDbConfig) -> KvsResult<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let db = DB::open_for_read_only(&rocksdb_options(), &dir, false).map_err(|e| {
+            KvsError::Storage {
+                detail: format!("cannot open {} read-only: {e}", dir.display()),
+            }
+        })?;
+        Self::from_db(db, dir, config)
+    }
+
+    /// Reads every key and value of the store (RocksDB verifies block checksums on the way)
+    /// and checks that every version key decodes. Returns how many keys it read.
+    pub fn verify_integrity(&self) -> KvsResult<u64> {
+        let mut iter = self.iter();
+        iter.seek_to_first();
+        let mut keys = 0u64;
+        while let Some(key) = iter.key() {
+            if key.first() == Some(&0x01) {
+                keys::layout(key)?;
+            }
+            keys += 1;
+            iter.next();
+        }
+        iter.status().map_err(|e| KvsError::Corruption {
+            detail: e.to_string(),
+        })?;
+        Ok(keys)
     }
 
     /// The data directory.

@@ -203,6 +203,31 @@ impl TransactionsTable {
         Ok(())
     }
 
+    /// Calls `f` with every decided transaction in start order (a whole-table scan that never
+    /// loads the table at once). Fails on a malformed entry.
+    pub fn scan(&self, mut f: impl FnMut(Timestamp, TxnStatus) -> KvsResult<()>) -> KvsResult<u64> {
+        let mut scanned = 0;
+        for row in self
+            .kvs
+            .get_range(&self.table, &RangeRequest::all(), MAX_READ_TS)?
+        {
+            let row = row?;
+            let start = <[u8; 8]>::try_from(row.row.as_slice())
+                .map(i64::from_be_bytes)
+                .map_err(|_| KvsError::Corruption {
+                    detail: format!(
+                        "transactions-table row {} is not 8 bytes",
+                        row.row.escape_ascii()
+                    ),
+                })?;
+            for value in row.columns.values() {
+                f(start, TxnStatus::decode(start, &value.contents)?)?;
+            }
+            scanned += 1;
+        }
+        Ok(scanned)
+    }
+
     /// Restore step: deletes every entry whose commit timestamp is `>= backup_ts`, scanning the
     /// whole table (a transaction may start before `backup_ts` and commit after it). Aborted
     /// entries are kept. Afterwards those transactions read as abandoned and are rolled back.
@@ -213,26 +238,10 @@ impl TransactionsTable {
     ) -> KvsResult<CleanReport> {
         let mut report = CleanReport::default();
         let mut batch = Vec::new();
-        for row in self
-            .kvs
-            .get_range(&self.table, &RangeRequest::all(), MAX_READ_TS)?
-        {
-            let row = row?;
+        self.scan(|start, status| {
             report.scanned += 1;
-            let start = <[u8; 8]>::try_from(row.row.as_slice())
-                .map(i64::from_be_bytes)
-                .map_err(|_| KvsError::Corruption {
-                    detail: format!(
-                        "transactions-table row {} is not 8 bytes",
-                        row.row.escape_ascii()
-                    ),
-                })?;
-            for (column, value) in &row.columns {
-                if let TxnStatus::Committed(commit) = TxnStatus::decode(start, &value.contents)? {
-                    if commit >= backup_ts {
-                        batch.push((Cell::new(row.row.clone(), column.clone())?, value.timestamp));
-                    }
-                }
+            if matches!(status, TxnStatus::Committed(commit) if commit >= backup_ts) {
+                batch.push((Self::cell(start), ATOMIC_TS));
             }
             if batch.len() >= 10_000 {
                 report.deleted += batch.len() as u64;
@@ -242,7 +251,8 @@ impl TransactionsTable {
             if report.scanned % 100_000 == 0 {
                 progress(&report);
             }
-        }
+            Ok(())
+        })?;
         report.deleted += batch.len() as u64;
         self.kvs.delete(&self.table, &batch)?;
         self.cache.clear();
