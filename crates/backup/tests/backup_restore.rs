@@ -281,3 +281,29 @@ fn deep_verification_catches_a_commit_record_after_f() {
         "{err}"
     );
 }
+
+#[test]
+fn a_restore_that_links_files_shares_nothing_mutable_with_the_backup() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = backed_up(root.path());
+    let target = root.path().join("restored");
+    let report = restore(&dir, &target, false, None).unwrap();
+    assert!(
+        report.bytes_linked > 0,
+        "same filesystem: SSTs are hard-linked"
+    );
+    {
+        let kvs = Arc::new(RocksDbKvs::open(&target, &RocksDbConfig::default()).unwrap());
+        let dynkvs: Arc<dyn KeyValueService> = kvs.clone();
+        let m = TransactionManager::embedded(dynkvs, TransactionConfig::default()).unwrap();
+        let t = TableRef::new("app", "t").unwrap();
+        for i in 0..200 {
+            put(&m, &t, &format!("new{i}"));
+        }
+        kvs.compact(); // rewrites and unlinks the restored store's files
+    }
+    verify(&dir).unwrap(); // the backup is untouched
+    std::fs::remove_dir_all(&dir).unwrap();
+    let (m, t) = manager(&target); // and the restored store does not depend on it
+    assert!(present(&m, &t, "before") && present(&m, &t, "new199"));
+}

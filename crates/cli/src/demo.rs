@@ -117,8 +117,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     println!("  workload: {committed} transfers in {:.1?} ({:.0}/s); live invariant holds ({} accounts, total {})",
         elapsed, committed as f64 / elapsed.as_secs_f64(), live.accounts, live.total);
     println!("  one-shot backup (live, mid-run): lock -> B = {backup_ts} -> checkpoint -> F = {fast_forward_ts} -> release -> checksums -> manifest in {backup_time:.1?}");
-    println!("  restore from scratch: verified {} files, copied {:.1} MB, cleaned {} later commits, fast-forwarded, released the lock in {restore_time:.1?}",
-        manifest.files.len(), report.bytes_copied as f64 / 1e6, report.transactions_removed);
+    println!("  restore from scratch: verified {} files, copied {:.1} MB and linked {:.1} MB, cleaned {} later commits, fast-forwarded, released the lock in {restore_time:.1?}",
+        manifest.files.len(), report.bytes_copied as f64 / 1e6, report.bytes_linked as f64 / 1e6, report.transactions_removed);
     println!("  restored store: invariant holds ({} accounts, total {}); all {} transfers acknowledged before B present; none committed at or after B visible; new timestamps start above F",
         restored.accounts, restored.total, acked_before_b.len());
     Ok(())

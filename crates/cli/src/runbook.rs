@@ -527,12 +527,13 @@ pub fn restore(config: &AtlasConfig, dir: &Path, force: bool, as_of: Option<i64>
     let started = std::time::Instant::now();
     let report = ortelius_backup::restore(dir, data_dir, force, as_of)?;
     println!(
-        "restored {} into {} in {:.1?} as of {}: copied {:.1} MB, removed {} later transactions, fast-forwarded past {}, released the backup lock",
+        "restored {} into {} in {:.1?} as of {}: copied {:.1} MB, linked {:.1} MB, removed {} later transactions, fast-forwarded past {}, released the backup lock",
         dir.display(),
         data_dir.display(),
         started.elapsed(),
         report.as_of,
         report.bytes_copied as f64 / 1e6,
+        report.bytes_linked as f64 / 1e6,
         report.transactions_removed,
         report.manifest.fast_forward_ts
     );
