@@ -35,6 +35,12 @@ pub const STARTED_MARKER: &str = "BACKUP-STARTED";
 pub const MANIFEST: &str = "manifest.json";
 const STORE_DIR: &str = "store";
 
+/// Receives progress of the long steps: (step, bytes done, bytes in total).
+pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
+
+/// A [`Progress`] that ignores everything.
+pub fn no_progress(_step: &str, _done: u64, _total: u64) {}
+
 /// How long a backup's lock lasts if the backup process dies before releasing it.
 pub const BACKUP_LOCK_LEASE: Duration = Duration::from_secs(3600);
 
@@ -145,7 +151,7 @@ impl Manifest {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<(u64, String)> {
+fn sha256_file(path: &Path, on_bytes: &mut dyn FnMut(u64)) -> Result<(u64, String)> {
     let mut file = std::fs::File::open(path).map_err(io("cannot read", path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -156,6 +162,7 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
             break;
         }
         hasher.update(&buf[..n]);
+        on_bytes(n as u64);
         size += n as u64;
     }
     let digest = hasher.finalize();
@@ -207,15 +214,17 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Takes a live, consistent backup into `dir` (new, empty, or holding an incomplete backup,
 /// which is started over).
 pub fn backup(source: &dyn BackupSource, dir: &Path) -> Result<Manifest> {
-    backup_cancellable(source, dir, &AtomicBool::new(false))
+    backup_cancellable(source, dir, &AtomicBool::new(false), &no_progress)
 }
 
 /// [`backup`], stopping at the next step once `cancel` is set (Ctrl-C): the lock is released
 /// and no manifest is written, so the directory is an incomplete backup that a re-run restarts.
+/// Checksumming reports to `progress`.
 pub fn backup_cancellable(
     source: &dyn BackupSource,
     dir: &Path,
     cancel: &AtomicBool,
+    progress: Progress<'_>,
 ) -> Result<Manifest> {
     let check = || {
         if cancel.load(Ordering::SeqCst) {
@@ -263,9 +272,18 @@ pub fn backup_cancellable(
     list_files(&store, &store, &mut paths)?;
     paths.sort();
     let mut files = Vec::new();
+    let total: u64 = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(store.join(p)).ok())
+        .map(|m| m.len())
+        .sum();
+    let mut done = 0u64;
     for rel in paths {
         check()?;
-        let (size, sha) = sha256_file(&store.join(&rel))?;
+        let (size, sha) = sha256_file(&store.join(&rel), &mut |n| {
+            done += n;
+            progress("checksumming", done, total);
+        })?;
         files.push((rel.to_string_lossy().into_owned(), size, sha));
     }
     let manifest = Manifest {
@@ -284,6 +302,11 @@ pub fn backup_cancellable(
 /// Checks a backup: manifest present and readable, every file present with its size and
 /// checksum.
 pub fn verify(dir: &Path) -> Result<Manifest> {
+    verify_with_progress(dir, &no_progress)
+}
+
+/// [`verify`], reporting the checksum pass to `progress`.
+pub fn verify_with_progress(dir: &Path, progress: Progress<'_>) -> Result<Manifest> {
     let manifest_path = dir.join(MANIFEST);
     if !manifest_path.exists() {
         return Err(if dir.join(STARTED_MARKER).exists() {
@@ -299,6 +322,8 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
         detail: format!("manifest.json is unreadable: {e}"),
     })?;
     let manifest = Manifest::from_json(dir, &value)?;
+    let total: u64 = manifest.files.iter().map(|f| f.1).sum();
+    let mut done = 0u64;
     for (rel, size, sha) in &manifest.files {
         let path = dir.join(STORE_DIR).join(rel);
         if !path.exists() {
@@ -307,7 +332,10 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
                 detail: format!("{rel} is missing"),
             });
         }
-        let (actual_size, actual_sha) = sha256_file(&path)?;
+        let (actual_size, actual_sha) = sha256_file(&path, &mut |n| {
+            done += n;
+            progress("verifying", done, total);
+        })?;
         if actual_size != *size || actual_sha != *sha {
             return Err(BackupError::Corrupt {
                 dir: dir.to_path_buf(),
@@ -394,7 +422,18 @@ pub fn restore(
     force: bool,
     as_of: Option<Timestamp>,
 ) -> Result<RestoreReport> {
-    let manifest = verify(backup_dir)?;
+    restore_with_progress(backup_dir, target, force, as_of, &no_progress)
+}
+
+/// [`restore`], reporting verification and copying to `progress`.
+pub fn restore_with_progress(
+    backup_dir: &Path,
+    target: &Path,
+    force: bool,
+    as_of: Option<Timestamp>,
+    progress: Progress<'_>,
+) -> Result<RestoreReport> {
+    let manifest = verify_with_progress(backup_dir, progress)?;
     let as_of = as_of.unwrap_or(manifest.backup_ts);
     if as_of < manifest.oldest_complete_ts || as_of > manifest.backup_ts {
         return Err(BackupError::AsOfOutOfRange {
@@ -418,6 +457,7 @@ pub fn restore(
         format!("restoring {}\n", backup_dir.display()).as_bytes(),
     )?;
     let (mut bytes_copied, mut bytes_linked) = (0, 0);
+    let total: u64 = manifest.files.iter().map(|f| f.1).sum();
     for (rel, size, _) in &manifest.files {
         let (from, to) = (backup_dir.join(STORE_DIR).join(rel), target.join(rel));
         if let Some(parent) = to.parent() {
@@ -430,6 +470,7 @@ pub fn restore(
         } else {
             bytes_copied += std::fs::copy(&from, &to).map_err(io("cannot copy", &from))?;
         }
+        progress("restoring", bytes_copied + bytes_linked, total);
     }
     let store = |e: ortelius_kvs::KvsError| BackupError::Source(e.to_string());
     let transactions_removed = {

@@ -240,7 +240,9 @@ fn a_cancelled_backup_releases_the_lock_and_leaves_an_incomplete_backup() {
         inner: DirectSource::new(m.clone()).unwrap(),
         cancel: &cancel,
     };
-    let err = ortelius_backup::backup_cancellable(&source, &dir, &cancel).unwrap_err();
+    let err =
+        ortelius_backup::backup_cancellable(&source, &dir, &cancel, &ortelius_backup::no_progress)
+            .unwrap_err();
     assert!(matches!(err, BackupError::Cancelled), "{err}");
     let lock =
         ortelius_txn::BackupLock::new(m.kvs().clone(), Arc::new(ortelius_txn::SystemWallClock))
@@ -306,4 +308,39 @@ fn a_restore_that_links_files_shares_nothing_mutable_with_the_backup() {
     std::fs::remove_dir_all(&dir).unwrap();
     let (m, t) = manager(&target); // and the restored store does not depend on it
     assert!(present(&m, &t, "before") && present(&m, &t, "new199"));
+}
+
+#[test]
+fn long_steps_report_progress_up_to_their_total() {
+    let root = tempfile::tempdir().unwrap();
+    let (m, t) = manager(&root.path().join("live"));
+    put(&m, &t, "row");
+    let seen = std::sync::Mutex::new(Vec::new());
+    let record = |step: &str, done: u64, total: u64| {
+        seen.lock().unwrap().push((step.to_owned(), done, total))
+    };
+    let dir = root.path().join("backup");
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    ortelius_backup::backup_cancellable(&DirectSource::new(m).unwrap(), &dir, &cancel, &record)
+        .unwrap();
+    ortelius_backup::restore_with_progress(
+        &dir,
+        &root.path().join("restored"),
+        false,
+        None,
+        &record,
+    )
+    .unwrap();
+    let seen = seen.into_inner().unwrap();
+    for step in ["checksumming", "verifying", "restoring"] {
+        let last = seen
+            .iter()
+            .rev()
+            .find(|(s, _, _)| s == step)
+            .unwrap_or_else(|| panic!("no {step} progress"));
+        assert!(
+            last.2 > 0 && last.1 == last.2,
+            "{step} ends at its total: {last:?}"
+        );
+    }
 }

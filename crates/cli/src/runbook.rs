@@ -467,6 +467,47 @@ impl ortelius_backup::BackupSource for LiveSource {
     }
 }
 
+/// Progress bars on stderr for backup and restore (indicatif hides them when stderr is not a
+/// terminal), one per step.
+struct Bars(std::sync::Mutex<Option<(String, indicatif::ProgressBar)>>);
+
+impl Bars {
+    fn new() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+
+    fn update(&self, step: &str, done: u64, total: u64) {
+        let Ok(mut current) = self.0.lock() else {
+            return;
+        };
+        if current.as_ref().map(|(s, _)| s.as_str()) != Some(step) {
+            if let Some((_, bar)) = current.take() {
+                bar.finish_and_clear();
+            }
+            let bar = indicatif::ProgressBar::new(total);
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg:>12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_message(step.to_owned());
+            *current = Some((step.to_owned(), bar));
+        }
+        if let Some((_, bar)) = current.as_ref() {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Ok(mut current) = self.0.lock() {
+            if let Some((_, bar)) = current.take() {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
 /// `backup --dir D`: the whole live runbook in one step.
 pub fn backup(config: &AtlasConfig, dir: &Path) -> Result<()> {
     // Ctrl-C stops the backup at its next step and releases the lock at once (instead of
@@ -476,14 +517,20 @@ pub fn backup(config: &AtlasConfig, dir: &Path) -> Result<()> {
     ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
         .context("cannot install the Ctrl-C handler")?;
     let started = std::time::Instant::now();
+    let bars = Bars::new();
+    let progress = |step: &str, done: u64, total: u64| bars.update(step, done, total);
     let manifest = match live(config) {
-        Some(client) => ortelius_backup::backup_cancellable(&LiveSource(client), dir, &cancel)?,
+        Some(client) => {
+            ortelius_backup::backup_cancellable(&LiveSource(client), dir, &cancel, &progress)
+        }
         None => {
             let source =
                 ortelius_backup::DirectSource::new(manager(config)?).map_err(anyhow::Error::msg)?;
-            ortelius_backup::backup_cancellable(&source, dir, &cancel)?
+            ortelius_backup::backup_cancellable(&source, dir, &cancel, &progress)
         }
     };
+    bars.finish();
+    let manifest = manifest?;
     let bytes: u64 = manifest.files.iter().map(|f| f.1).sum();
     println!(
         "backup complete in {:.1?}: {} files, {:.1} MB; B = {}, F = {}, every version kept from {}",
@@ -525,7 +572,16 @@ pub fn restore(config: &AtlasConfig, dir: &Path, force: bool, as_of: Option<i64>
         bail!("restore needs keyValueService.type rocksdb (a memory store has nowhere to restore into)");
     };
     let started = std::time::Instant::now();
-    let report = ortelius_backup::restore(dir, data_dir, force, as_of)?;
+    let bars = Bars::new();
+    let report = ortelius_backup::restore_with_progress(
+        dir,
+        data_dir,
+        force,
+        as_of,
+        &|step: &str, done: u64, total: u64| bars.update(step, done, total),
+    );
+    bars.finish();
+    let report = report?;
     println!(
         "restored {} into {} in {:.1?} as of {}: copied {:.1} MB, linked {:.1} MB, removed {} later transactions, fast-forwarded past {}, released the backup lock",
         dir.display(),
