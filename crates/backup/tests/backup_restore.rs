@@ -344,3 +344,43 @@ fn long_steps_report_progress_up_to_their_total() {
         );
     }
 }
+
+#[test]
+fn a_rate_limit_slows_the_checksum_pass_to_the_given_rate() {
+    let root = tempfile::tempdir().unwrap();
+    let (m, t) = manager(&root.path().join("live"));
+    // About 512 KiB of incompressible data.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    m.run(|txn| {
+        for i in 0..128 {
+            let value: Vec<u8> = (0..512)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()
+                })
+                .collect();
+            txn.put(&t, &Cell::new(format!("r{i}"), "v").unwrap(), value)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    const RATE: u64 = 512 << 10;
+    let limit = ortelius_backup::RateLimit::new(RATE);
+    let pace = |step: &str, done: u64, _total: u64| limit.pace(step, done);
+    let dir = root.path().join("backup");
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let manifest =
+        ortelius_backup::backup_cancellable(&DirectSource::new(m).unwrap(), &dir, &cancel, &pace)
+            .unwrap();
+    let bytes: u64 = manifest.files.iter().map(|f| f.1).sum();
+    assert!(bytes > 400 << 10, "too little data to measure: {bytes}");
+    let floor = std::time::Duration::from_secs_f64(bytes as f64 / RATE as f64);
+    assert!(
+        started.elapsed() >= floor.mul_f64(0.9),
+        "{bytes} bytes at 512 KiB/s took only {:?}",
+        started.elapsed()
+    );
+}

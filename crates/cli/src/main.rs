@@ -49,6 +49,9 @@ enum Command {
         /// Restore the state as of this earlier timestamp (within the backup's complete range).
         #[arg(long)]
         as_of: Option<i64>,
+        /// Read at most this much per second while verifying and copying (e.g. 50M, 1G).
+        #[arg(long, value_parser = runbook::parse_rate)]
+        rate_limit: Option<u64>,
     },
     /// Runs a workload against the configured store (serving the management API meanwhile).
     #[command(subcommand)]
@@ -100,6 +103,9 @@ struct BackupArgs {
     /// The backup directory (new or empty).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Read at most this much per second while checksumming (e.g. 50M, 1G).
+    #[arg(long, value_parser = runbook::parse_rate)]
+    rate_limit: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -205,13 +211,20 @@ fn run(cli: &Cli) -> Result<()> {
             action: Some(BackupAction::Verify { dir, deep }),
             ..
         }) => runbook::verify_backup(dir, *deep),
-        Command::Backup(BackupArgs { action: None, dir }) => {
+        Command::Backup(BackupArgs {
+            action: None,
+            dir,
+            rate_limit,
+        }) => {
             let dir = dir.as_ref().context("backup needs --dir <new directory>")?;
-            runbook::backup(&load_config(cli)?, dir)
+            runbook::backup(&load_config(cli)?, dir, *rate_limit)
         }
-        Command::Restore { dir, force, as_of } => {
-            runbook::restore(&load_config(cli)?, dir, *force, *as_of)
-        }
+        Command::Restore {
+            dir,
+            force,
+            as_of,
+            rate_limit,
+        } => runbook::restore(&load_config(cli)?, dir, *force, *as_of, *rate_limit),
         Command::Workload(WorkloadCommand::Bank {
             accounts,
             threads,

@@ -509,7 +509,7 @@ impl Bars {
 }
 
 /// `backup --dir D`: the whole live runbook in one step.
-pub fn backup(config: &AtlasConfig, dir: &Path) -> Result<()> {
+pub fn backup(config: &AtlasConfig, dir: &Path, rate_limit: Option<u64>) -> Result<()> {
     // Ctrl-C stops the backup at its next step and releases the lock at once (instead of
     // leaving it to its lease).
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -518,7 +518,13 @@ pub fn backup(config: &AtlasConfig, dir: &Path) -> Result<()> {
         .context("cannot install the Ctrl-C handler")?;
     let started = std::time::Instant::now();
     let bars = Bars::new();
-    let progress = |step: &str, done: u64, total: u64| bars.update(step, done, total);
+    let limit = rate_limit.map(ortelius_backup::RateLimit::new);
+    let progress = |step: &str, done: u64, total: u64| {
+        bars.update(step, done, total);
+        if let Some(limit) = &limit {
+            limit.pace(step, done);
+        }
+    };
     let manifest = match live(config) {
         Some(client) => {
             ortelius_backup::backup_cancellable(&LiveSource(client), dir, &cancel, &progress)
@@ -566,20 +572,27 @@ pub fn verify_backup(dir: &Path, deep: bool) -> Result<()> {
 }
 
 /// `restore --dir D`: into the configured store's directory, offline.
-pub fn restore(config: &AtlasConfig, dir: &Path, force: bool, as_of: Option<i64>) -> Result<()> {
+pub fn restore(
+    config: &AtlasConfig,
+    dir: &Path,
+    force: bool,
+    as_of: Option<i64>,
+    rate_limit: Option<u64>,
+) -> Result<()> {
     refuse_live(config, "restore")?;
     let KvsConfig::Rocksdb { data_dir } = &config.key_value_service else {
         bail!("restore needs keyValueService.type rocksdb (a memory store has nowhere to restore into)");
     };
     let started = std::time::Instant::now();
     let bars = Bars::new();
-    let report = ortelius_backup::restore_with_progress(
-        dir,
-        data_dir,
-        force,
-        as_of,
-        &|step: &str, done: u64, total: u64| bars.update(step, done, total),
-    );
+    let limit = rate_limit.map(ortelius_backup::RateLimit::new);
+    let progress = |step: &str, done: u64, total: u64| {
+        bars.update(step, done, total);
+        if let Some(limit) = &limit {
+            limit.pace(step, done);
+        }
+    };
+    let report = ortelius_backup::restore_with_progress(dir, data_dir, force, as_of, &progress);
     bars.finish();
     let report = report?;
     println!(
@@ -594,4 +607,27 @@ pub fn restore(config: &AtlasConfig, dir: &Path, force: bool, as_of: Option<i64>
         report.manifest.fast_forward_ts
     );
     Ok(())
+}
+
+/// Parses a rate like `512K`, `50M` or `1G` (per second, binary units) into bytes per second.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text
+        .trim()
+        .trim_end_matches("/s")
+        .trim_end_matches(['B', 'b']);
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate like 512K, 50M or 1G (per second)"))?;
+    let scale: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        _ => return Err(format!("{text:?} has an unknown unit; use K, M or G")),
+    };
+    match n.checked_mul(scale) {
+        Some(0) | None => Err(format!("{text:?} must be a positive rate")),
+        Some(rate) => Ok(rate),
+    }
 }

@@ -278,6 +278,14 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
         "cannot create directory",
     );
     fails(&env.run(&["no-such-command"]), "unrecognized subcommand");
+    fails(
+        &env.run(&["backup", "--dir", "x", "--rate-limit", "fast"]),
+        "not a rate",
+    );
+    fails(
+        &env.run(&["backup", "--dir", "x", "--rate-limit", "0M"]),
+        "positive",
+    );
     // Nothing stored changed: the commit is intact and the lock is open.
     env.with_manager(|m, t| {
         let status = m.transactions_table().load_uncached(&[start]).unwrap();
