@@ -137,8 +137,10 @@ pub struct Manifest {
     pub backup_ts: Timestamp,
     pub fast_forward_ts: Timestamp,
     pub oldest_complete_ts: Timestamp,
-    /// (path relative to `store/`, size, sha256 hex)
+    /// (path relative to `store/`, size, sha256 hex) of the files as stored in the backup.
     pub files: Vec<(String, u64, String)>,
+    /// Whether the files are zstd-compressed (`<name>.zst`).
+    pub compressed: bool,
 }
 
 impl Manifest {
@@ -150,6 +152,7 @@ impl Manifest {
             "backup_ts": self.backup_ts,
             "fast_forward_ts": self.fast_forward_ts,
             "oldest_complete_ts": self.oldest_complete_ts,
+            "compression": if self.compressed { "zstd" } else { "none" },
             "files": self.files.iter().map(|(p, size, sha)| json!({"path": p, "size": size, "sha256": sha})).collect::<Vec<_>>(),
         })
     }
@@ -165,6 +168,11 @@ impl Manifest {
         if v["store_kind"].as_str() != Some("rocksdb") {
             return Err(corrupt("unknown store kind"));
         }
+        let compressed = match v["compression"].as_str() {
+            Some("none") => false,
+            Some("zstd") => true,
+            _ => return Err(corrupt("unknown compression")),
+        };
         let ts = |k: &str| {
             v[k].as_i64()
                 .ok_or_else(|| corrupt(&format!("manifest lacks {k}")))
@@ -185,6 +193,7 @@ impl Manifest {
             fast_forward_ts: ts("fast_forward_ts")?,
             oldest_complete_ts: ts("oldest_complete_ts")?,
             files,
+            compressed,
         })
     }
 }
@@ -252,15 +261,17 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Takes a live, consistent backup into `dir` (new, empty, or holding an incomplete backup,
 /// which is started over).
 pub fn backup(source: &dyn BackupSource, dir: &Path) -> Result<Manifest> {
-    backup_cancellable(source, dir, &AtomicBool::new(false), &no_progress)
+    backup_cancellable(source, dir, false, &AtomicBool::new(false), &no_progress)
 }
 
 /// [`backup`], stopping at the next step once `cancel` is set (Ctrl-C): the lock is released
 /// and no manifest is written, so the directory is an incomplete backup that a re-run restarts.
-/// Checksumming reports to `progress`.
+/// With `compress`, every file is stored zstd-compressed as `<name>.zst`. Compressing and
+/// checksumming report to `progress`.
 pub fn backup_cancellable(
     source: &dyn BackupSource,
     dir: &Path,
+    compress: bool,
     cancel: &AtomicBool,
     progress: Progress<'_>,
 ) -> Result<Manifest> {
@@ -309,6 +320,28 @@ pub fn backup_cancellable(
     let mut paths = Vec::new();
     list_files(&store, &store, &mut paths)?;
     paths.sort();
+    if compress {
+        let total: u64 = paths
+            .iter()
+            .filter_map(|p| std::fs::metadata(store.join(p)).ok())
+            .map(|m| m.len())
+            .sum();
+        let mut done = 0;
+        for rel in &mut paths {
+            check()?;
+            let (plain, packed) = (
+                store.join(&*rel),
+                store.join(format!("{}.zst", rel.display())),
+            );
+            let reader = std::fs::File::open(&plain).map_err(io("cannot read", &plain))?;
+            let writer = std::fs::File::create(&packed).map_err(io("cannot write", &packed))?;
+            zstd::stream::copy_encode(reader, writer, 3).map_err(io("cannot compress", &plain))?;
+            done += std::fs::metadata(&plain).map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(&plain).map_err(io("cannot remove", &plain))?;
+            *rel = PathBuf::from(format!("{}.zst", rel.display()));
+            progress("compressing", done, total);
+        }
+    }
     let mut files = Vec::new();
     let total: u64 = paths
         .iter()
@@ -329,6 +362,7 @@ pub fn backup_cancellable(
         fast_forward_ts,
         oldest_complete_ts: oldest_complete_ts.min(backup_ts),
         files,
+        compressed: compress,
     };
     write_synced(
         &dir.join(MANIFEST),
@@ -402,7 +436,28 @@ pub fn verify_deep(dir: &Path) -> Result<DeepReport> {
         dir: dir.to_path_buf(),
         detail,
     };
-    let kvs = RocksDbKvs::open_read_only(dir.join(STORE_DIR), &RocksDbConfig::default())
+    // A compressed backup is checked in a decompressed scratch copy.
+    let scratch = tempfile::tempdir().map_err(io(
+        "cannot create a scratch directory in",
+        &std::env::temp_dir(),
+    ))?;
+    let store_dir = if manifest.compressed {
+        for (rel, _, _) in &manifest.files {
+            let from = dir.join(STORE_DIR).join(rel);
+            let to = scratch.path().join(rel.trim_end_matches(".zst"));
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+            }
+            let reader = std::fs::File::open(&from).map_err(io("cannot read", &from))?;
+            let writer = std::fs::File::create(&to).map_err(io("cannot write", &to))?;
+            zstd::stream::copy_decode(reader, writer)
+                .map_err(|e| corrupt(format!("{rel} does not decompress: {e}")))?;
+        }
+        scratch.path().to_path_buf()
+    } else {
+        dir.join(STORE_DIR)
+    };
+    let kvs = RocksDbKvs::open_read_only(&store_dir, &RocksDbConfig::default())
         .map_err(|e| corrupt(e.to_string()))?;
     let keys = kvs.verify_integrity().map_err(|e| corrupt(e.to_string()))?;
     let kvs: Arc<dyn KeyValueService> = Arc::new(kvs);
@@ -503,7 +558,14 @@ pub fn restore_with_progress(
         }
         // SST files are immutable (RocksDB only ever unlinks them), so on the same filesystem
         // a hard link restores them without reading them again; everything else is copied.
-        if rel.ends_with(".sst") && std::fs::hard_link(&from, &to).is_ok() {
+        if manifest.compressed {
+            let to = target.join(rel.trim_end_matches(".zst"));
+            let reader = std::fs::File::open(&from).map_err(io("cannot read", &from))?;
+            let mut writer = std::fs::File::create(&to).map_err(io("cannot write", &to))?;
+            zstd::stream::copy_decode(reader, &mut writer)
+                .map_err(io("cannot decompress", &from))?;
+            bytes_copied += std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
+        } else if rel.ends_with(".sst") && std::fs::hard_link(&from, &to).is_ok() {
             bytes_linked += size;
         } else {
             bytes_copied += std::fs::copy(&from, &to).map_err(io("cannot copy", &from))?;

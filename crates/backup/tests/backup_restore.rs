@@ -240,9 +240,14 @@ fn a_cancelled_backup_releases_the_lock_and_leaves_an_incomplete_backup() {
         inner: DirectSource::new(m.clone()).unwrap(),
         cancel: &cancel,
     };
-    let err =
-        ortelius_backup::backup_cancellable(&source, &dir, &cancel, &ortelius_backup::no_progress)
-            .unwrap_err();
+    let err = ortelius_backup::backup_cancellable(
+        &source,
+        &dir,
+        false,
+        &cancel,
+        &ortelius_backup::no_progress,
+    )
+    .unwrap_err();
     assert!(matches!(err, BackupError::Cancelled), "{err}");
     let lock =
         ortelius_txn::BackupLock::new(m.kvs().clone(), Arc::new(ortelius_txn::SystemWallClock))
@@ -321,8 +326,14 @@ fn long_steps_report_progress_up_to_their_total() {
     };
     let dir = root.path().join("backup");
     let cancel = std::sync::atomic::AtomicBool::new(false);
-    ortelius_backup::backup_cancellable(&DirectSource::new(m).unwrap(), &dir, &cancel, &record)
-        .unwrap();
+    ortelius_backup::backup_cancellable(
+        &DirectSource::new(m).unwrap(),
+        &dir,
+        false,
+        &cancel,
+        &record,
+    )
+    .unwrap();
     ortelius_backup::restore_with_progress(
         &dir,
         &root.path().join("restored"),
@@ -372,9 +383,14 @@ fn a_rate_limit_slows_the_checksum_pass_to_the_given_rate() {
     let dir = root.path().join("backup");
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let started = std::time::Instant::now();
-    let manifest =
-        ortelius_backup::backup_cancellable(&DirectSource::new(m).unwrap(), &dir, &cancel, &pace)
-            .unwrap();
+    let manifest = ortelius_backup::backup_cancellable(
+        &DirectSource::new(m).unwrap(),
+        &dir,
+        false,
+        &cancel,
+        &pace,
+    )
+    .unwrap();
     let bytes: u64 = manifest.files.iter().map(|f| f.1).sum();
     assert!(bytes > 400 << 10, "too little data to measure: {bytes}");
     let floor = std::time::Duration::from_secs_f64(bytes as f64 / RATE as f64);
@@ -383,4 +399,30 @@ fn a_rate_limit_slows_the_checksum_pass_to_the_given_rate() {
         "{bytes} bytes at 512 KiB/s took only {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_compressed_backup_verifies_deeply_and_restores() {
+    let root = tempfile::tempdir().unwrap();
+    let (m, t) = manager(&root.path().join("live"));
+    put(&m, &t, "before");
+    let dir = root.path().join("backup");
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let manifest = ortelius_backup::backup_cancellable(
+        &DirectSource::new(m.clone()).unwrap(),
+        &dir,
+        true,
+        &cancel,
+        &ortelius_backup::no_progress,
+    )
+    .unwrap();
+    assert!(manifest.compressed && manifest.files.iter().all(|f| f.0.ends_with(".zst")));
+    put(&m, &t, "after");
+    verify(&dir).unwrap();
+    let deep = ortelius_backup::verify_deep(&dir).unwrap();
+    assert!(deep.keys > 0);
+    let target = root.path().join("restored");
+    restore(&dir, &target, false, None).unwrap();
+    let (r, rt) = manager(&target);
+    assert!(present(&r, &rt, "before") && !present(&r, &rt, "after"));
 }

@@ -106,6 +106,9 @@ struct BackupArgs {
     /// Read at most this much per second while checksumming (e.g. 50M, 1G).
     #[arg(long, value_parser = runbook::parse_rate)]
     rate_limit: Option<u64>,
+    /// Store the files zstd-compressed.
+    #[arg(long)]
+    compress: bool,
 }
 
 #[derive(Subcommand)]
@@ -215,9 +218,10 @@ fn run(cli: &Cli) -> Result<()> {
             action: None,
             dir,
             rate_limit,
+            compress,
         }) => {
             let dir = dir.as_ref().context("backup needs --dir <new directory>")?;
-            runbook::backup(&load_config(cli)?, dir, *rate_limit)
+            runbook::backup(&load_config(cli)?, dir, *rate_limit, *compress)
         }
         Command::Restore {
             dir,

@@ -509,7 +509,12 @@ impl Bars {
 }
 
 /// `backup --dir D`: the whole live runbook in one step.
-pub fn backup(config: &AtlasConfig, dir: &Path, rate_limit: Option<u64>) -> Result<()> {
+pub fn backup(
+    config: &AtlasConfig,
+    dir: &Path,
+    rate_limit: Option<u64>,
+    compress: bool,
+) -> Result<()> {
     // Ctrl-C stops the backup at its next step and releases the lock at once (instead of
     // leaving it to its lease).
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -526,13 +531,17 @@ pub fn backup(config: &AtlasConfig, dir: &Path, rate_limit: Option<u64>) -> Resu
         }
     };
     let manifest = match live(config) {
-        Some(client) => {
-            ortelius_backup::backup_cancellable(&LiveSource(client), dir, &cancel, &progress)
-        }
+        Some(client) => ortelius_backup::backup_cancellable(
+            &LiveSource(client),
+            dir,
+            compress,
+            &cancel,
+            &progress,
+        ),
         None => {
             let source =
                 ortelius_backup::DirectSource::new(manager(config)?).map_err(anyhow::Error::msg)?;
-            ortelius_backup::backup_cancellable(&source, dir, &cancel, &progress)
+            ortelius_backup::backup_cancellable(&source, dir, compress, &cancel, &progress)
         }
     };
     bars.finish();

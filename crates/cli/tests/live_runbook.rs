@@ -348,10 +348,12 @@ fn one_shot_backups_during_the_workload_restore_consistently() {
     for cycle in 0..cycles {
         let backup = dir.path().join(format!("backup{cycle}"));
         let acked_before = acked(&acks);
-        let out = ok(&ortelius(
-            &live_config,
-            &["backup", "--dir", backup.to_str().unwrap()],
-        ));
+        // Every other cycle stores the backup zstd-compressed.
+        let mut args = vec!["backup", "--dir", backup.to_str().unwrap()];
+        if cycle % 2 == 1 {
+            args.push("--compress");
+        }
+        let out = ok(&ortelius(&live_config, &args));
         assert!(out.contains("backup complete"), "{out}");
         assert!(ok(&ortelius(
             &live_config,
