@@ -8,10 +8,9 @@
 // The counting allocator needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use ortelius_kvs::testing::CountingAllocator;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,27 +19,8 @@ use ortelius_kvs::{Cell, KeyValueService, TableRef};
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
 use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
 
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const TARGET_BYTES: u64 = 1 << 30;
 const VALUE_LEN: usize = 4096;
@@ -61,14 +41,6 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum()
-}
-
-/// Peak Rust heap above the current level while `f` runs.
-fn peak_heap(f: impl FnOnce()) -> usize {
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
-    f();
-    PEAK.load(Ordering::SeqCst).saturating_sub(base)
 }
 
 fn main() {
@@ -109,8 +81,10 @@ fn main() {
         // Our backup runs live (the store stays open); the baselines need it stopped.
         let ours_dir = root.path().join("ortelius-backup");
         let mut backup_heap = 0;
-        let t_backup =
-            timed(|| backup_heap = peak_heap(|| drop(backup(&source, &ours_dir).unwrap())));
+        let t_backup = timed(|| {
+            backup_heap =
+                CountingAllocator::peak_during(|| drop(backup(&source, &ours_dir).unwrap()))
+        });
         drop(source);
         drop(kvs);
         let store_bytes = dir_bytes(&store);
@@ -130,7 +104,7 @@ fn main() {
         });
         let mut restore_heap = 0;
         let t_restore = timed(|| {
-            restore_heap = peak_heap(|| {
+            restore_heap = CountingAllocator::peak_during(|| {
                 drop(restore(&ours_dir, &root.path().join("restored"), false, None).unwrap())
             })
         });

@@ -467,17 +467,30 @@ impl ortelius_backup::BackupSource for LiveSource {
     }
 }
 
-/// Progress bars on stderr for backup and restore (indicatif hides them when stderr is not a
-/// terminal), one per step.
-struct Bars(std::sync::Mutex<Option<(String, indicatif::ProgressBar)>>);
+/// Progress of backup and restore steps: a bar per step on stderr (indicatif hides it when
+/// stderr is not a terminal), paced to an optional rate limit in bytes per second.
+struct Bars {
+    current: std::sync::Mutex<Option<(String, indicatif::ProgressBar)>>,
+    limit: Option<ortelius_backup::RateLimit>,
+}
 
 impl Bars {
-    fn new() -> Self {
-        Self(std::sync::Mutex::new(None))
+    fn new(rate_limit: Option<u64>) -> Self {
+        Self {
+            current: std::sync::Mutex::new(None),
+            limit: rate_limit.map(ortelius_backup::RateLimit::new),
+        }
     }
 
     fn update(&self, step: &str, done: u64, total: u64) {
-        let Ok(mut current) = self.0.lock() else {
+        self.draw(step, done, total);
+        if let Some(limit) = &self.limit {
+            limit.pace(step, done);
+        }
+    }
+
+    fn draw(&self, step: &str, done: u64, total: u64) {
+        let Ok(mut current) = self.current.lock() else {
             return;
         };
         if current.as_ref().map(|(s, _)| s.as_str()) != Some(step) {
@@ -500,7 +513,7 @@ impl Bars {
     }
 
     fn finish(&self) {
-        if let Ok(mut current) = self.0.lock() {
+        if let Ok(mut current) = self.current.lock() {
             if let Some((_, bar)) = current.take() {
                 bar.finish_and_clear();
             }
@@ -522,14 +535,8 @@ pub fn backup(
     ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
         .context("cannot install the Ctrl-C handler")?;
     let started = std::time::Instant::now();
-    let bars = Bars::new();
-    let limit = rate_limit.map(ortelius_backup::RateLimit::new);
-    let progress = |step: &str, done: u64, total: u64| {
-        bars.update(step, done, total);
-        if let Some(limit) = &limit {
-            limit.pace(step, done);
-        }
-    };
+    let bars = Bars::new(rate_limit);
+    let progress = |step: &str, done: u64, total: u64| bars.update(step, done, total);
     let manifest = match live(config) {
         Some(client) => ortelius_backup::backup_cancellable(
             &LiveSource(client),
@@ -593,14 +600,8 @@ pub fn restore(
         bail!("restore needs keyValueService.type rocksdb (a memory store has nowhere to restore into)");
     };
     let started = std::time::Instant::now();
-    let bars = Bars::new();
-    let limit = rate_limit.map(ortelius_backup::RateLimit::new);
-    let progress = |step: &str, done: u64, total: u64| {
-        bars.update(step, done, total);
-        if let Some(limit) = &limit {
-            limit.pace(step, done);
-        }
-    };
+    let bars = Bars::new(rate_limit);
+    let progress = |step: &str, done: u64, total: u64| bars.update(step, done, total);
     let report = ortelius_backup::restore_with_progress(dir, data_dir, force, as_of, &progress);
     bars.finish();
     let report = report?;

@@ -55,6 +55,7 @@ fn second_open_in_same_process_fails_naming_the_directory() {
 /// Run by `second_process_cannot_open_an_open_store` in a child process: opens the store named
 /// by `ORTELIUS_HOLD_STORE`, says so, and keeps it open until stdin closes.
 #[test]
+#[ignore = "helper process for second_process_cannot_open_an_open_store; runs only when its parent spawns it"]
 fn hold_store_open_helper() {
     let Ok(dir) = std::env::var("ORTELIUS_HOLD_STORE") else {
         return;
@@ -71,6 +72,7 @@ fn second_process_cannot_open_an_open_store() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
+            "--ignored",
             "--exact",
             "hold_store_open_helper",
             "--nocapture",

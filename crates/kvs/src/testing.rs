@@ -283,3 +283,50 @@ impl KeyValueService for RecordingKvs {
         self.call("checkpoint", None, || self.inner.checkpoint(dir))
     }
 }
+
+static LIVE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A global allocator that counts live heap bytes and their peak, for memory figures in
+/// benchmarks. Install it in the benchmark binary:
+/// `#[global_allocator] static ALLOC: CountingAllocator = CountingAllocator;`
+/// It counts Rust allocations only (not those of C/C++ libraries such as RocksDB).
+pub struct CountingAllocator;
+
+impl CountingAllocator {
+    /// Heap bytes currently allocated.
+    pub fn live_bytes() -> usize {
+        LIVE_BYTES.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Runs `f` and returns the peak heap above the level at its start.
+    pub fn peak_during(f: impl FnOnce()) -> usize {
+        let base = Self::live_bytes();
+        PEAK_BYTES.store(base, std::sync::atomic::Ordering::SeqCst);
+        f();
+        PEAK_BYTES
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .saturating_sub(base)
+    }
+}
+
+// Safety: forwards every call to the system allocator unchanged; only counts sizes.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed through to `System`.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE_BYTES.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed)
+                + layout.size();
+            PEAK_BYTES.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` was allocated by `alloc` above, i.e. by `System`, with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -10,12 +10,10 @@
 //! The `memory` group prints memory per open transaction and the peak heap of scanning 1M rows,
 //! measured with a counting allocator (Rust heap only; RocksDB's C++ allocations not included).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// The counting allocator below needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use ortelius_kvs::testing::CountingAllocator;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,27 +23,8 @@ use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
 use ortelius_txn::{Isolation, TableMetadata, TransactionConfig, TransactionManager};
 use rocksdb::{WriteOptions, DB};
 
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const KEYS: u64 = 100_000;
 const VALUE: [u8; 100] = [7; 100];
@@ -192,7 +171,7 @@ fn memory(_: &mut Criterion) {
     let s = stores();
     // Memory per open write transaction holding one buffered write.
     const OPEN: usize = 10_000;
-    let before = LIVE.load(Ordering::SeqCst);
+    let before = CountingAllocator::live_bytes();
     let txns: Vec<_> = (0..OPEN)
         .map(|i| {
             let txn = s.manager.begin(Isolation::Snapshot).unwrap();
@@ -205,7 +184,7 @@ fn memory(_: &mut Criterion) {
             txn
         })
         .collect();
-    let per_txn = (LIVE.load(Ordering::SeqCst) - before) / OPEN;
+    let per_txn = (CountingAllocator::live_bytes() - before) / OPEN;
     drop(txns);
     // Peak heap while scanning 1M rows in one transaction.
     const ROWS: u64 = 1_000_000;
@@ -228,17 +207,16 @@ fn memory(_: &mut Criterion) {
             .unwrap();
     }
     let txn = s.manager.begin_read_only().unwrap();
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
     let started = Instant::now();
     let mut rows = 0u64;
-    for row in txn.get_range(&big, &RangeRequest::all()).unwrap() {
-        black_box(row.unwrap());
-        rows += 1;
-    }
+    let peak = CountingAllocator::peak_during(|| {
+        for row in txn.get_range(&big, &RangeRequest::all()).unwrap() {
+            black_box(row.unwrap());
+            rows += 1;
+        }
+    });
     let elapsed = started.elapsed();
     assert_eq!(rows, ROWS);
-    let peak = PEAK.load(Ordering::SeqCst) - base;
     println!("memory: {per_txn} bytes of heap per open write transaction with one buffered 100-byte write");
     println!(
         "memory: scanning {ROWS} rows ({} MB of values) peaked at {:.2} MB of heap, {:.0} rows/s",
