@@ -11,12 +11,11 @@
 use ortelius_kvs::testing::CountingAllocator;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ortelius_backup::{backup, restore, DirectSource};
-use ortelius_kvs::{Cell, KeyValueService, TableRef};
-use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+use ortelius_backends::StoreConfig;
+use ortelius_backup::{backup, restore, DirectOwner};
+use ortelius_kvs::{Cell, TableRef};
 use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
 
 #[global_allocator]
@@ -50,8 +49,11 @@ fn main() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().join("store");
     {
-        let kvs: Arc<dyn KeyValueService> =
-            Arc::new(RocksDbKvs::open(&store, &RocksDbConfig::default()).unwrap());
+        let config = StoreConfig::Rocksdb {
+            data_dir: store.clone(),
+        };
+        let backend = ortelius_backends::open(&config).unwrap();
+        let kvs = backend.kvs.clone();
         let m = TransactionManager::embedded(kvs.clone(), TransactionConfig::default()).unwrap();
         let t = TableRef::new("bench", "blobs").unwrap();
         m.create_table(&t, TableMetadata::default()).unwrap();
@@ -77,7 +79,7 @@ fn main() {
             kvs.put(&t, &batch, 1).unwrap();
             written += (256 * VALUE_LEN) as u64;
         }
-        let source = DirectSource::new(m).unwrap();
+        let source = DirectOwner::new(m, backend.snapshots.clone(), config.describe()).unwrap();
         // Our backup runs live (the store stays open); the baselines need it stopped.
         let ours_dir = root.path().join("ortelius-backup");
         let mut backup_heap = 0;
@@ -87,6 +89,7 @@ fn main() {
         });
         drop(source);
         drop(kvs);
+        drop(backend);
         let store_bytes = dir_bytes(&store);
         let t_tar = timed(|| {
             sh(Command::new("tar")
@@ -105,7 +108,11 @@ fn main() {
         let mut restore_heap = 0;
         let t_restore = timed(|| {
             restore_heap = CountingAllocator::peak_during(|| {
-                drop(restore(&ours_dir, &root.path().join("restored"), false, None).unwrap())
+                let target = ortelius_backends::restore_target(&StoreConfig::Rocksdb {
+                    data_dir: root.path().join("restored"),
+                })
+                .unwrap();
+                drop(restore(&ours_dir, &*target).unwrap())
             })
         });
         let untar = root.path().join("untarred");

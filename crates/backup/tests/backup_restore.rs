@@ -1,26 +1,45 @@
-//! One-shot backup and restore: round trip, damaged backups, targets, crashed restores, as-of.
+//! One-shot backup and restore through the backends registry: round trip, damaged backups,
+//! occupied targets, crashed restores, as-of, cancellation, compression, progress, rate limits.
+//! The scenario functions take an [`Env`] so every backend runs the same ones (`mod rocksdb`
+//! below; networked backends run them from their own crates' tests).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use ortelius_backends::StoreConfig;
 use ortelius_backup::{
-    backup, restore, verify, BackupError, DirectSource, MANIFEST, STARTED_MARKER,
+    backup, backup_cancellable, restore_with, verify, verify_deep, BackupError, BackupOptions,
+    Compression, DirectOwner, OwnerError, RestoreOptions, SnapshotTaken, StoreOwner, SweepSummary,
+    MANIFEST, STARTED_MARKER,
 };
-use ortelius_kvs::{Cell, KeyValueService, KvsError, TableRef};
-use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs, RESTORE_MARKER};
-use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
+use ortelius_kvs::{Cell, KvsError, TableRef, Timestamp};
+use ortelius_txn::{
+    BackupLock, BackupLockHolder, BackupLockStatus, SystemWallClock, TableMetadata,
+    TransactionConfig, TransactionManager,
+};
 
-fn manager(dir: &Path) -> (TransactionManager, TableRef) {
-    let kvs: Arc<dyn KeyValueService> =
-        Arc::new(RocksDbKvs::open(dir, &RocksDbConfig::default()).unwrap());
-    let m = TransactionManager::embedded(kvs, TransactionConfig::default()).unwrap();
-    let t = TableRef::new("app", "t").unwrap();
-    m.create_table(&t, TableMetadata::default()).unwrap();
-    (m, t)
+/// Where a backend's stores live for one test.
+trait Env {
+    /// A distinct (initially empty) store per name.
+    fn config(&self, name: &str) -> StoreConfig;
+    /// A local directory for backups.
+    fn root(&self) -> &Path;
 }
 
-fn put(m: &TransactionManager, t: &TableRef, row: &str) -> i64 {
+fn manager(env: &dyn Env, name: &str) -> (TransactionManager, DirectOwner, TableRef) {
+    let config = env.config(name);
+    let backend = ortelius_backends::open(&config).unwrap();
+    let m = TransactionManager::embedded(backend.kvs, TransactionConfig::default()).unwrap();
+    let t = TableRef::new("app", "t").unwrap();
+    m.create_table(&t, TableMetadata::default()).unwrap();
+    let owner = DirectOwner::new(m.clone(), backend.snapshots, config.describe()).unwrap();
+    (m, owner, t)
+}
+
+fn put(m: &TransactionManager, t: &TableRef, row: &str) -> Timestamp {
     m.run(|txn| {
         txn.put(t, &Cell::new(row, "v").unwrap(), b"1".to_vec())?;
         Ok(txn.start_ts())
@@ -36,44 +55,57 @@ fn present(m: &TransactionManager, t: &TableRef, row: &str) -> bool {
         .is_some()
 }
 
+fn restore_into(
+    env: &dyn Env,
+    dir: &Path,
+    name: &str,
+    options: &RestoreOptions,
+) -> Result<ortelius_backup::RestoreReport, BackupError> {
+    let target = ortelius_backends::restore_target(&env.config(name)).unwrap();
+    restore_with(dir, &*target, options, &ortelius_backup::no_progress)
+}
+
+fn lock_held(m: &TransactionManager) -> Option<BackupLockHolder> {
+    BackupLock::new(m.kvs().clone(), Arc::new(SystemWallClock))
+        .unwrap()
+        .status()
+        .unwrap()
+        .held
+}
+
 /// A store with "before" committed, a backup, then "after" committed.
-fn backed_up(root: &Path) -> std::path::PathBuf {
-    let (m, t) = manager(&root.join("live"));
+fn backed_up(env: &dyn Env) -> std::path::PathBuf {
+    let (m, owner, t) = manager(env, "live");
     put(&m, &t, "before");
-    let dir = root.join("backup");
-    let manifest = backup(&DirectSource::new(m.clone()).unwrap(), &dir).unwrap();
+    let dir = env.root().join("backup");
+    let manifest = backup(&owner, &dir).unwrap();
     assert!(manifest.backup_ts < manifest.fast_forward_ts && !manifest.files.is_empty());
+    assert_eq!(manifest.store_kind, env.config("live").kind());
     put(&m, &t, "after");
     dir
 }
 
-#[test]
-fn a_backup_restores_from_scratch_to_exactly_the_state_at_b() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = backed_up(root.path());
+fn a_backup_restores_from_scratch_to_exactly_the_state_at_b(env: &dyn Env) {
+    let dir = backed_up(env);
     assert!(dir.join(STARTED_MARKER).exists() && dir.join(MANIFEST).exists());
-    let target = root.path().join("restored");
-    let report = restore(&dir, &target, false, None).unwrap();
-    assert!(report.bytes_copied > 0);
-    let (m, t) = manager(&target);
+    let report = restore_into(env, &dir, "restored", &RestoreOptions::default()).unwrap();
+    assert!(report.bytes_loaded > 0);
+    let (m, _, t) = manager(env, "restored");
     assert!(present(&m, &t, "before") && !present(&m, &t, "after"));
     assert!(m.fresh_timestamp().unwrap() > report.manifest.fast_forward_ts);
-    let lock =
-        ortelius_txn::BackupLock::new(m.kvs().clone(), Arc::new(ortelius_txn::SystemWallClock))
-            .unwrap();
-    assert_eq!(
-        lock.status().unwrap().held,
-        None,
-        "the persisted lock was released"
-    );
+    assert_eq!(lock_held(&m), None, "the persisted lock was released");
 }
 
-#[test]
-fn damaged_backups_fail_verification_and_are_not_restored() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = backed_up(root.path());
+fn damaged_backups_fail_verification_and_are_not_restored(env: &dyn Env) {
+    let dir = backed_up(env);
     let manifest = verify(&dir).unwrap();
-    let largest = manifest.files.iter().max_by_key(|f| f.1).unwrap().0.clone();
+    let largest = manifest
+        .files
+        .iter()
+        .max_by_key(|f| f.size)
+        .unwrap()
+        .path
+        .clone();
     let victim = dir.join("store").join(&largest);
     let original = std::fs::read(&victim).unwrap();
     let mut flipped = original.clone();
@@ -82,11 +114,13 @@ fn damaged_backups_fail_verification_and_are_not_restored() {
     std::fs::write(&victim, &flipped).unwrap();
     assert!(matches!(verify(&dir), Err(BackupError::Corrupt { .. })));
     assert!(matches!(
-        restore(&dir, &root.path().join("r1"), false, None),
+        restore_into(env, &dir, "r1", &RestoreOptions::default()),
         Err(BackupError::Corrupt { .. })
     ));
-    assert!(
-        !root.path().join("r1").exists(),
+    let target = ortelius_backends::restore_target(&env.config("r1")).unwrap();
+    assert_eq!(
+        target.state().unwrap(),
+        ortelius_kvs::snapshot::TargetState::Empty,
         "nothing written for a refused restore"
     );
     std::fs::remove_file(&victim).unwrap();
@@ -98,252 +132,210 @@ fn damaged_backups_fail_verification_and_are_not_restored() {
     let text = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
     std::fs::write(dir.join(MANIFEST), &text[..text.len() / 2]).unwrap();
     assert!(matches!(verify(&dir), Err(BackupError::Corrupt { .. })));
+    std::fs::write(
+        dir.join(MANIFEST),
+        text.replace("\"fast_forward_ts\"", "\"fast_forward\""),
+    )
+    .unwrap();
+    assert!(matches!(verify(&dir), Err(BackupError::Corrupt { .. })));
     std::fs::remove_file(dir.join(MANIFEST)).unwrap();
     assert!(matches!(verify(&dir), Err(BackupError::Incomplete(_))));
     assert!(matches!(
-        verify(root.path()),
+        verify(env.root()),
         Err(BackupError::NotABackup(_))
     ));
 }
 
-#[test]
-fn targets_and_backup_directories_must_be_empty_unless_forced() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = backed_up(root.path());
-    let (m, _) = manager(&root.path().join("other"));
+fn occupied_targets_and_backup_directories_are_refused_unless_forced(env: &dyn Env) {
+    let dir = backed_up(env);
+    let (other, other_owner, _) = manager(env, "other");
     assert!(matches!(
-        backup(&DirectSource::new(m).unwrap(), &dir),
+        backup(&other_owner, &dir),
         Err(BackupError::NotEmpty { .. })
     ));
-    let target = root.path().join("occupied");
-    std::fs::create_dir_all(&target).unwrap();
-    std::fs::write(target.join("precious"), b"data").unwrap();
-    assert!(matches!(
-        restore(&dir, &target, false, None),
-        Err(BackupError::NotEmpty { .. })
-    ));
-    assert!(target.join("precious").exists(), "nothing touched");
-    restore(&dir, &target, true, None).unwrap();
-    assert!(!target.join("precious").exists());
-    let (m, t) = manager(&target);
-    assert!(present(&m, &t, "before"));
+    drop((other, other_owner));
+    let (m, _, t) = manager(env, "occupied");
+    put(&m, &t, "precious");
+    drop(m);
+    let err = restore_into(env, &dir, "occupied", &RestoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, BackupError::TargetInUse { .. }) && err.to_string().contains("--force"),
+        "{err}"
+    );
+    let (m, _, t) = manager(env, "occupied");
+    assert!(present(&m, &t, "precious"), "nothing touched");
+    drop(m);
+    let forced = RestoreOptions {
+        force: true,
+        ..RestoreOptions::default()
+    };
+    restore_into(env, &dir, "occupied", &forced).unwrap();
+    let (m, _, t) = manager(env, "occupied");
+    assert!(present(&m, &t, "before") && !present(&m, &t, "precious"));
 }
 
-#[test]
-fn a_crashed_restore_refuses_to_open_and_a_rerun_finishes_it() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = backed_up(root.path());
-    let target = root.path().join("restored");
-    // What a restore killed midway leaves: the marker and some files.
-    std::fs::create_dir_all(&target).unwrap();
-    std::fs::write(target.join(RESTORE_MARKER), b"restoring\n").unwrap();
-    std::fs::write(target.join("000001.sst"), b"partial").unwrap();
-    match RocksDbKvs::open(&target, &RocksDbConfig::default()) {
+fn a_store_whose_restore_did_not_finish_refuses_to_open_and_a_rerun_finishes_it(env: &dyn Env) {
+    let dir = backed_up(env);
+    // What a restore killed after loading leaves: a complete store carrying the marker.
+    {
+        let backend = ortelius_backends::open(&env.config("restored")).unwrap();
+        ortelius_kvs::snapshot::mark_restore_in_progress(&*backend.kvs, "test").unwrap();
+    }
+    match ortelius_backends::open(&env.config("restored")) {
         Err(err @ KvsError::UnfinishedRestore { .. }) => {
-            assert!(err.to_string().contains("run the restore again"))
+            assert!(err.to_string().contains("run the restore again"), "{err}")
         }
         Err(other) => panic!("expected UnfinishedRestore, got {other}"),
         Ok(_) => panic!("opened a half-restored store"),
     }
-    restore(&dir, &target, false, None).unwrap();
-    let (m, t) = manager(&target);
+    restore_into(env, &dir, "restored", &RestoreOptions::default()).unwrap();
+    let (m, _, t) = manager(env, "restored");
     assert!(present(&m, &t, "before"));
 }
 
-#[test]
-fn restoring_as_of_an_earlier_timestamp_shows_exactly_the_commits_before_it() {
-    let root = tempfile::tempdir().unwrap();
-    let (m, t) = manager(&root.path().join("live"));
+fn restoring_as_of_an_earlier_timestamp_shows_exactly_the_commits_before_it(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
     put(&m, &t, "first");
     let as_of = m.fresh_timestamp().unwrap();
     put(&m, &t, "second");
-    let dir = root.path().join("backup");
-    let manifest = backup(&DirectSource::new(m.clone()).unwrap(), &dir).unwrap();
-    let target = root.path().join("restored");
-    restore(&dir, &target, false, Some(as_of)).unwrap();
-    let (r, rt) = manager(&target);
+    let dir = env.root().join("backup");
+    let manifest = backup(&owner, &dir).unwrap();
+    let at = |ts| RestoreOptions {
+        as_of: Some(ts),
+        ..RestoreOptions::default()
+    };
+    restore_into(env, &dir, "restored", &at(as_of)).unwrap();
+    let (r, _, rt) = manager(env, "restored");
     assert!(present(&r, &rt, "first") && !present(&r, &rt, "second"));
-    let err = restore(
-        &dir,
-        &root.path().join("r2"),
-        false,
-        Some(manifest.backup_ts + 1),
-    )
-    .unwrap_err();
+    let err = restore_into(env, &dir, "r2", &at(manifest.backup_ts + 1)).unwrap_err();
     assert!(matches!(err, BackupError::AsOfOutOfRange { .. }), "{err}");
 }
 
-#[test]
-fn a_backup_that_crashed_midway_is_recognised_and_a_rerun_succeeds() {
-    let root = tempfile::tempdir().unwrap();
-    let (m, t) = manager(&root.path().join("live"));
+fn a_backup_that_crashed_midway_is_recognised_and_a_rerun_succeeds(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
     put(&m, &t, "row");
-    let dir = root.path().join("backup");
-    // What a backup killed after its checkpoint leaves: the marker and files, no manifest.
+    let dir = env.root().join("backup");
+    // What a backup killed after its snapshot leaves: the marker and files, no manifest.
     std::fs::create_dir_all(dir.join("store")).unwrap();
     std::fs::write(dir.join(STARTED_MARKER), b"started\n").unwrap();
     std::fs::write(dir.join("store").join("leftover-from-the-crash"), b"half").unwrap();
     assert!(matches!(verify(&dir), Err(BackupError::Incomplete(_))));
     assert!(matches!(
-        restore(&dir, &root.path().join("r"), false, None),
+        restore_into(env, &dir, "r", &RestoreOptions::default()),
         Err(BackupError::Incomplete(_))
     ));
-    backup(&DirectSource::new(m.clone()).unwrap(), &dir).unwrap();
+    backup(&owner, &dir).unwrap();
     verify(&dir).unwrap();
     assert!(
         !dir.join("store").join("leftover-from-the-crash").exists(),
         "the leftovers were cleared"
     );
-    let lock =
-        ortelius_txn::BackupLock::new(m.kvs().clone(), Arc::new(ortelius_txn::SystemWallClock))
-            .unwrap();
-    assert_eq!(
-        lock.status().unwrap().held,
-        None,
-        "the re-run released its lock"
-    );
+    assert_eq!(lock_held(&m), None, "the re-run released its lock");
 }
 
-/// Sets the cancel flag while the checkpoint runs (as Ctrl-C would).
-struct CancelDuringCheckpoint<'a> {
-    inner: DirectSource,
-    cancel: &'a std::sync::atomic::AtomicBool,
+/// Sets the cancel flag while the snapshot runs (as Ctrl-C would).
+struct CancelDuringSnapshot<'a> {
+    inner: DirectOwner,
+    cancel: &'a AtomicBool,
 }
 
-impl ortelius_backup::BackupSource for CancelDuringCheckpoint<'_> {
-    fn acquire_lock(&self, reason: &str, lease: std::time::Duration) -> Result<(), String> {
-        self.inner.acquire_lock(reason, lease)
+impl StoreOwner for CancelDuringSnapshot<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
-    fn release_lock(&self) -> Result<(), String> {
-        self.inner.release_lock()
-    }
-    fn fresh_timestamp(&self) -> Result<i64, String> {
+    fn fresh_timestamp(&self) -> Result<Timestamp, OwnerError> {
         self.inner.fresh_timestamp()
     }
-    fn sweep_timestamp(&self) -> Result<i64, String> {
+    fn immutable_timestamp(&self) -> Result<Timestamp, OwnerError> {
+        self.inner.immutable_timestamp()
+    }
+    fn sweep_timestamp(&self) -> Result<Timestamp, OwnerError> {
         self.inner.sweep_timestamp()
     }
-    fn checkpoint(&self, dir: &Path) -> Result<(), String> {
-        self.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.inner.checkpoint(dir)
+    fn acquire_backup_lock(
+        &self,
+        holder: &str,
+        reason: &str,
+        lease: Option<Duration>,
+    ) -> Result<BackupLockHolder, OwnerError> {
+        self.inner.acquire_backup_lock(holder, reason, lease)
+    }
+    fn release_backup_lock(&self) -> Result<BackupLockHolder, OwnerError> {
+        self.inner.release_backup_lock()
+    }
+    fn backup_lock_status(&self) -> Result<BackupLockStatus, OwnerError> {
+        self.inner.backup_lock_status()
+    }
+    fn snapshot(&self, dir: &Path) -> Result<SnapshotTaken, OwnerError> {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.inner.snapshot(dir)
+    }
+    fn sweep(&self, table: Option<&str>, dry_run: bool) -> Result<Vec<SweepSummary>, OwnerError> {
+        self.inner.sweep(table, dry_run)
     }
 }
 
-#[test]
-fn a_cancelled_backup_releases_the_lock_and_leaves_an_incomplete_backup() {
-    let root = tempfile::tempdir().unwrap();
-    let (m, t) = manager(&root.path().join("live"));
+fn a_cancelled_backup_releases_the_lock_and_leaves_an_incomplete_backup(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
     put(&m, &t, "row");
-    let dir = root.path().join("backup");
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let source = CancelDuringCheckpoint {
-        inner: DirectSource::new(m.clone()).unwrap(),
+    let dir = env.root().join("backup");
+    let cancel = AtomicBool::new(false);
+    let cancelling = CancelDuringSnapshot {
+        inner: owner.clone(),
         cancel: &cancel,
     };
-    let err = ortelius_backup::backup_cancellable(
-        &source,
+    let err = backup_cancellable(
+        &cancelling,
         &dir,
-        false,
+        BackupOptions::default(),
         &cancel,
         &ortelius_backup::no_progress,
     )
     .unwrap_err();
     assert!(matches!(err, BackupError::Cancelled), "{err}");
-    let lock =
-        ortelius_txn::BackupLock::new(m.kvs().clone(), Arc::new(ortelius_txn::SystemWallClock))
-            .unwrap();
-    assert_eq!(
-        lock.status().unwrap().held,
-        None,
-        "released at once, not after the lease"
-    );
+    assert_eq!(lock_held(&m), None, "released at once, not after the lease");
     assert!(matches!(verify(&dir), Err(BackupError::Incomplete(_))));
-    backup(&DirectSource::new(m).unwrap(), &dir).unwrap();
+    backup(&owner, &dir).unwrap();
 }
 
-#[test]
-fn deep_verification_reads_everything_without_changing_the_backup() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = backed_up(root.path());
-    let report = ortelius_backup::verify_deep(&dir).unwrap();
-    assert!(report.keys > 0 && report.transactions >= 1);
-    verify(&dir).unwrap(); // every checksum still matches: the read-only open wrote nothing
+fn deep_verification_reads_everything_without_changing_the_backup(env: &dyn Env) {
+    let dir = backed_up(env);
+    let report = verify_deep(&dir).unwrap();
+    assert!(report.entries > 0 && report.transactions.unwrap_or(1) >= 1);
+    verify(&dir).unwrap(); // every checksum still matches: the deep check wrote nothing
 }
 
-#[test]
-fn deep_verification_catches_a_commit_record_after_f() {
-    let root = tempfile::tempdir().unwrap();
-    let (m, t) = manager(&root.path().join("live"));
+fn deep_verification_catches_a_commit_record_after_f(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
     put(&m, &t, "row");
     // A record no real backup can contain: committed long after any F this backup will get.
     m.transactions_table()
         .put_unless_exists(5, ortelius_txn::TxnStatus::Committed(i64::MAX - 2))
         .unwrap();
-    let dir = root.path().join("backup");
-    backup(&DirectSource::new(m).unwrap(), &dir).unwrap();
+    let dir = env.root().join("backup");
+    backup(&owner, &dir).unwrap();
     verify(&dir).unwrap(); // the files are intact...
-    let err = ortelius_backup::verify_deep(&dir).unwrap_err();
+    let err = verify_deep(&dir).unwrap_err();
     assert!(
         matches!(&err, BackupError::Corrupt { detail, .. } if detail.contains("not before F")),
         "{err}"
     );
 }
 
-#[test]
-fn a_restore_that_links_files_shares_nothing_mutable_with_the_backup() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = backed_up(root.path());
-    let target = root.path().join("restored");
-    let report = restore(&dir, &target, false, None).unwrap();
-    assert!(
-        report.bytes_linked > 0,
-        "same filesystem: SSTs are hard-linked"
-    );
-    {
-        let kvs = Arc::new(RocksDbKvs::open(&target, &RocksDbConfig::default()).unwrap());
-        let dynkvs: Arc<dyn KeyValueService> = kvs.clone();
-        let m = TransactionManager::embedded(dynkvs, TransactionConfig::default()).unwrap();
-        let t = TableRef::new("app", "t").unwrap();
-        for i in 0..200 {
-            put(&m, &t, &format!("new{i}"));
-        }
-        kvs.compact(); // rewrites and unlinks the restored store's files
-    }
-    verify(&dir).unwrap(); // the backup is untouched
-    std::fs::remove_dir_all(&dir).unwrap();
-    let (m, t) = manager(&target); // and the restored store does not depend on it
-    assert!(present(&m, &t, "before") && present(&m, &t, "new199"));
-}
-
-#[test]
-fn long_steps_report_progress_up_to_their_total() {
-    let root = tempfile::tempdir().unwrap();
-    let (m, t) = manager(&root.path().join("live"));
+fn long_steps_report_progress_up_to_their_total(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
     put(&m, &t, "row");
     let seen = std::sync::Mutex::new(Vec::new());
     let record = |step: &str, done: u64, total: u64| {
         seen.lock().unwrap().push((step.to_owned(), done, total))
     };
-    let dir = root.path().join("backup");
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    ortelius_backup::backup_cancellable(
-        &DirectSource::new(m).unwrap(),
-        &dir,
-        false,
-        &cancel,
-        &record,
-    )
-    .unwrap();
-    ortelius_backup::restore_with_progress(
-        &dir,
-        &root.path().join("restored"),
-        false,
-        None,
-        &record,
-    )
-    .unwrap();
+    let dir = env.root().join("backup");
+    let cancel = AtomicBool::new(false);
+    backup_cancellable(&owner, &dir, BackupOptions::default(), &cancel, &record).unwrap();
+    let target = ortelius_backends::restore_target(&env.config("restored")).unwrap();
+    restore_with(&dir, &*target, &RestoreOptions::default(), &record).unwrap();
     let seen = seen.into_inner().unwrap();
-    for step in ["checksumming", "verifying", "restoring"] {
+    for step in ["checksumming", "verifying", "loading"] {
         let last = seen
             .iter()
             .rev()
@@ -356,10 +348,8 @@ fn long_steps_report_progress_up_to_their_total() {
     }
 }
 
-#[test]
-fn a_rate_limit_slows_the_checksum_pass_to_the_given_rate() {
-    let root = tempfile::tempdir().unwrap();
-    let (m, t) = manager(&root.path().join("live"));
+fn a_rate_limit_slows_the_checksum_pass_to_the_given_rate(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
     // About 512 KiB of incompressible data.
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     m.run(|txn| {
@@ -380,20 +370,14 @@ fn a_rate_limit_slows_the_checksum_pass_to_the_given_rate() {
     const RATE: u64 = 512 << 10;
     let limit = ortelius_backup::RateLimit::new(RATE);
     let pace = |step: &str, done: u64, _total: u64| limit.pace(step, done);
-    let dir = root.path().join("backup");
-    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let dir = env.root().join("backup");
+    let cancel = AtomicBool::new(false);
     let started = std::time::Instant::now();
-    let manifest = ortelius_backup::backup_cancellable(
-        &DirectSource::new(m).unwrap(),
-        &dir,
-        false,
-        &cancel,
-        &pace,
-    )
-    .unwrap();
-    let bytes: u64 = manifest.files.iter().map(|f| f.1).sum();
+    let manifest =
+        backup_cancellable(&owner, &dir, BackupOptions::default(), &cancel, &pace).unwrap();
+    let bytes = manifest.total_size();
     assert!(bytes > 400 << 10, "too little data to measure: {bytes}");
-    let floor = std::time::Duration::from_secs_f64(bytes as f64 / RATE as f64);
+    let floor = Duration::from_secs_f64(bytes as f64 / RATE as f64);
     assert!(
         started.elapsed() >= floor.mul_f64(0.9),
         "{bytes} bytes at 512 KiB/s took only {:?}",
@@ -401,28 +385,124 @@ fn a_rate_limit_slows_the_checksum_pass_to_the_given_rate() {
     );
 }
 
-#[test]
-fn a_compressed_backup_verifies_deeply_and_restores() {
-    let root = tempfile::tempdir().unwrap();
-    let (m, t) = manager(&root.path().join("live"));
+fn a_compressed_backup_verifies_deeply_and_restores(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
     put(&m, &t, "before");
-    let dir = root.path().join("backup");
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let manifest = ortelius_backup::backup_cancellable(
-        &DirectSource::new(m.clone()).unwrap(),
+    let dir = env.root().join("backup");
+    let cancel = AtomicBool::new(false);
+    let manifest = backup_cancellable(
+        &owner,
         &dir,
-        true,
+        BackupOptions { compress: true },
         &cancel,
         &ortelius_backup::no_progress,
     )
     .unwrap();
-    assert!(manifest.compressed && manifest.files.iter().all(|f| f.0.ends_with(".zst")));
+    assert!(
+        manifest.compression == Compression::Zstd
+            && manifest.files.iter().all(|f| f.path.ends_with(".zst"))
+    );
     put(&m, &t, "after");
     verify(&dir).unwrap();
-    let deep = ortelius_backup::verify_deep(&dir).unwrap();
-    assert!(deep.keys > 0);
-    let target = root.path().join("restored");
-    restore(&dir, &target, false, None).unwrap();
-    let (r, rt) = manager(&target);
+    assert!(verify_deep(&dir).unwrap().entries > 0);
+    restore_into(env, &dir, "restored", &RestoreOptions::default()).unwrap();
+    let (r, _, rt) = manager(env, "restored");
     assert!(present(&r, &rt, "before") && !present(&r, &rt, "after"));
+}
+
+fn a_backup_restores_only_into_a_store_of_its_kind(env: &dyn Env) {
+    let dir = backed_up(env);
+    let mut text = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
+    let kind = env.config("x").kind();
+    text = text.replace(
+        &format!("\"store_kind\": \"{kind}\""),
+        "\"store_kind\": \"othersort\"",
+    );
+    std::fs::write(dir.join(MANIFEST), text).unwrap();
+    let err = restore_into(env, &dir, "restored", &RestoreOptions::default()).unwrap_err();
+    assert!(matches!(err, BackupError::WrongStoreKind { .. }), "{err}");
+    let err = verify_deep(&dir).unwrap_err();
+    assert!(matches!(err, BackupError::UnknownStoreKind { .. }), "{err}");
+}
+
+macro_rules! backup_scenarios {
+    ($env:expr) => {
+        backup_scenarios!(@each $env;
+            a_backup_restores_from_scratch_to_exactly_the_state_at_b,
+            damaged_backups_fail_verification_and_are_not_restored,
+            occupied_targets_and_backup_directories_are_refused_unless_forced,
+            a_store_whose_restore_did_not_finish_refuses_to_open_and_a_rerun_finishes_it,
+            restoring_as_of_an_earlier_timestamp_shows_exactly_the_commits_before_it,
+            a_backup_that_crashed_midway_is_recognised_and_a_rerun_succeeds,
+            a_cancelled_backup_releases_the_lock_and_leaves_an_incomplete_backup,
+            deep_verification_reads_everything_without_changing_the_backup,
+            deep_verification_catches_a_commit_record_after_f,
+            long_steps_report_progress_up_to_their_total,
+            a_rate_limit_slows_the_checksum_pass_to_the_given_rate,
+            a_compressed_backup_verifies_deeply_and_restores,
+            a_backup_restores_only_into_a_store_of_its_kind,
+        );
+    };
+    (@each $env:expr; $($name:ident),* $(,)?) => {
+        $( #[test] fn $name() { let env = $env; super::$name(&env); } )*
+    };
+}
+
+mod rocksdb {
+    use super::*;
+
+    pub struct RocksEnv(tempfile::TempDir);
+
+    impl Env for RocksEnv {
+        fn config(&self, name: &str) -> StoreConfig {
+            StoreConfig::Rocksdb {
+                data_dir: self.0.path().join(name),
+            }
+        }
+        fn root(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    fn env() -> RocksEnv {
+        RocksEnv(tempfile::tempdir().unwrap())
+    }
+
+    backup_scenarios!(env());
+
+    #[test]
+    fn a_restore_that_links_files_shares_nothing_mutable_with_the_backup() {
+        let env = env();
+        let dir = backed_up(&env);
+        restore_into(&env, &dir, "restored", &RestoreOptions::default()).unwrap();
+        let linked = std::fs::read_dir(env.root().join("restored"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "sst"))
+            .any(|e| {
+                use std::os::unix::fs::MetadataExt;
+                e.metadata().unwrap().nlink() > 1
+            });
+        assert!(linked, "same filesystem: SSTs are hard-linked");
+        {
+            let kvs = Arc::new(
+                ortelius_kvs_rocksdb::RocksDbKvs::open(
+                    env.root().join("restored"),
+                    &Default::default(),
+                )
+                .unwrap(),
+            );
+            let m =
+                TransactionManager::embedded(kvs.clone(), TransactionConfig::default()).unwrap();
+            let t = TableRef::new("app", "t").unwrap();
+            for i in 0..200 {
+                put(&m, &t, &format!("new{i}"));
+            }
+            kvs.compact(); // rewrites and unlinks the restored store's files
+        }
+        verify(&dir).unwrap(); // the backup is untouched
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (m, _, t) = manager(&env, "restored"); // and the restored store does not depend on it
+        assert!(present(&m, &t, "before") && present(&m, &t, "new199"));
+    }
 }

@@ -11,10 +11,15 @@
 //!   management:              # optional: where a live process serves the management API
 //!     address: 127.0.0.1:7878
 //!     token: s3cret          # optional bearer token
+//!   timelock:                # optional: the shared timestamp and lock servers
+//!     servers: [10.0.0.1:7900, 10.0.0.2:7900, 10.0.0.3:7900]
+//!     token: t0ken           # optional
+//!     adminToken: adm1n      # only for fast-forward (restores)
 //! ```
 
 use std::path::{Path, PathBuf};
 
+use ortelius_backends::StoreConfig;
 use serde::Deserialize;
 
 /// The default pointer, and the fallback tried when the default selects nothing.
@@ -25,22 +30,13 @@ const FALLBACK_ROOT: &str = "/atlas";
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AtlasConfig {
-    pub key_value_service: KvsConfig,
+    pub key_value_service: StoreConfig,
     #[serde(default)]
     pub management: Option<ManagementConfig>,
-}
-
-/// Which store.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum KvsConfig {
-    /// The embedded RocksDB store.
-    Rocksdb {
-        #[serde(rename = "dataDir")]
-        data_dir: PathBuf,
-    },
-    /// An in-memory store (nothing persists; for trying things out).
-    Memory {},
+    /// A shared timelock server: every process using the store then takes its timestamps and
+    /// locks from it.
+    #[serde(default)]
+    pub timelock: Option<ortelius_timelock_client::TimelockConfig>,
 }
 
 /// Where a live process serves the management API.
@@ -137,7 +133,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.key_value_service,
-            KvsConfig::Rocksdb {
+            StoreConfig::Rocksdb {
                 data_dir: PathBuf::from("/data")
             }
         );
@@ -153,7 +149,7 @@ mod tests {
     #[test]
     fn falls_back_to_atlas_and_follows_an_explicit_pointer() {
         let fallback = parse_str("atlas:\n  keyValueService: {type: memory}\n", None).unwrap();
-        assert_eq!(fallback.key_value_service, KvsConfig::Memory {});
+        assert_eq!(fallback.key_value_service, StoreConfig::Memory {});
         let nested = parse_str(
             "svc:\n  stores:\n    - keyValueService: {type: memory}\n",
             Some("/svc/stores/0"),
@@ -179,9 +175,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("extra"), "{err}");
-        let err = parse_str("atlasdb:\n  keyValueService: {type: cassandra}\n", None).unwrap_err();
+        let err = parse_str("atlasdb:\n  keyValueService: {type: dynamo}\n", None).unwrap_err();
         assert!(
-            err.to_string().contains("cassandra") && err.to_string().contains("rocksdb"),
+            err.to_string().contains("dynamo") && err.to_string().contains("rocksdb"),
             "{err}"
         );
         let err = parse_str(

@@ -4,12 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use ortelius_kvs::KeyValueService;
-use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+use ortelius_backends::{Backend, StoreConfig};
+use ortelius_backup::DirectOwner;
 use ortelius_txn::{TransactionConfig, TransactionManager};
 
 use crate::bank;
@@ -24,15 +23,21 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4)]
     threads: u64,
     /// How long the workload runs; the backup happens a third of the way in.
-    #[arg(long, default_value = "6s", value_parser = crate::runbook::parse_duration)]
+    #[arg(long, default_value = "6s", value_parser = crate::args::parse_duration)]
     duration: Duration,
 }
 
-fn open(dir: &Path) -> Result<(TransactionManager, Arc<dyn KeyValueService>)> {
-    let kvs: Arc<dyn KeyValueService> = Arc::new(RocksDbKvs::open(dir, &RocksDbConfig::default())?);
+fn store(dir: &Path) -> StoreConfig {
+    StoreConfig::Rocksdb {
+        data_dir: dir.to_path_buf(),
+    }
+}
+
+fn open(dir: &Path) -> Result<(TransactionManager, Backend)> {
+    let backend = ortelius_backends::open(&store(dir))?;
     Ok((
-        TransactionManager::embedded(kvs.clone(), TransactionConfig::default())?,
-        kvs,
+        TransactionManager::embedded(backend.kvs.clone(), TransactionConfig::default())?,
+        backend,
     ))
 }
 
@@ -48,7 +53,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         base.join("restored"),
         base.join("acknowledged-transfers"),
     );
-    let (m, kvs) = open(&live_dir)?;
+    let (m, backend) = open(&live_dir)?;
     let workload = bank::Workload {
         accounts: args.accounts,
         threads: args.threads,
@@ -72,9 +77,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let backup_started = Instant::now();
         let backup = (|| -> Result<_> {
             let acked_before = bank::read_acks(&acks).unwrap_or_default();
-            let source =
-                ortelius_backup::DirectSource::new(m.clone()).map_err(anyhow::Error::msg)?;
-            let manifest = ortelius_backup::backup(&source, &backup_dir)?;
+            let owner = DirectOwner::new(
+                m.clone(),
+                backend.snapshots.clone(),
+                store(&live_dir).describe(),
+            )?;
+            let manifest = ortelius_backup::backup(&owner, &backup_dir)?;
             Ok((acked_before, manifest, backup_started.elapsed()))
         })();
         if backup.is_err() {
@@ -89,11 +97,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let (acked_before_b, manifest, backup_time) = backup;
     let (backup_ts, fast_forward_ts) = (manifest.backup_ts, manifest.fast_forward_ts);
     let live = bank::verify(&m.begin_read_only()?)?;
-    drop((m, kvs));
+    drop((m, backend));
 
     // Restore from total loss into an empty directory.
     let restore_started = Instant::now();
-    let report = ortelius_backup::restore(&backup_dir, &restored_dir, false, None)?;
+    let target = ortelius_backends::restore_target(&store(&restored_dir))?;
+    let report = ortelius_backup::restore(&backup_dir, &*target)?;
     let restore_time = restore_started.elapsed();
     let (r, _) = open(&restored_dir)?;
     let txn = r.begin_read_only()?;
@@ -117,8 +126,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     println!("  workload: {committed} transfers in {:.1?} ({:.0}/s); live invariant holds ({} accounts, total {})",
         elapsed, committed as f64 / elapsed.as_secs_f64(), live.accounts, live.total);
     println!("  one-shot backup (live, mid-run): lock -> B = {backup_ts} -> checkpoint -> F = {fast_forward_ts} -> release -> checksums -> manifest in {backup_time:.1?}");
-    println!("  restore from scratch: verified {} files, copied {:.1} MB and linked {:.1} MB, cleaned {} later commits, fast-forwarded, released the lock in {restore_time:.1?}",
-        manifest.files.len(), report.bytes_copied as f64 / 1e6, report.bytes_linked as f64 / 1e6, report.transactions_removed);
+    println!("  restore from scratch: verified {} files, loaded {:.1} MB, cleaned {} later commits, fast-forwarded, released the lock in {restore_time:.1?}",
+        manifest.files.len(), report.bytes_loaded as f64 / 1e6, report.transactions_removed);
     println!("  restored store: invariant holds ({} accounts, total {}); all {} transfers acknowledged before B present; none committed at or after B visible; new timestamps start above F",
         restored.accounts, restored.total, acked_before_b.len());
     Ok(())

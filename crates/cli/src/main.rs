@@ -1,9 +1,12 @@
 //! The `ortelius` command-line tool.
 
+mod args;
 mod bank;
 mod config;
 mod demo;
+mod progress;
 mod runbook;
+mod store;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +40,9 @@ enum Command {
     Timestamp(TimestampCommand),
     /// Runs the management API over the configured store (and a background sweeper).
     Serve,
+    /// The shared timestamp and lock server.
+    #[command(subcommand)]
+    Timelock(TimelockCommand),
     /// Takes a live, consistent backup into a new directory (`backup verify` checks one).
     Backup(BackupArgs),
     /// Restores a backup into the configured store's directory (offline).
@@ -50,7 +56,7 @@ enum Command {
         #[arg(long)]
         as_of: Option<i64>,
         /// Read at most this much per second while verifying and copying (e.g. 50M, 1G).
-        #[arg(long, value_parser = runbook::parse_rate)]
+        #[arg(long, value_parser = args::parse_rate)]
         rate_limit: Option<u64>,
     },
     /// Runs a workload against the configured store (serving the management API meanwhile).
@@ -90,7 +96,7 @@ enum Command {
         #[arg(long, requires = "acquire", default_value = "backup")]
         reason: String,
         /// Let deletions resume after this long even if nobody releases (e.g. 2h).
-        #[arg(long, value_parser = runbook::parse_duration)]
+        #[arg(long, value_parser = args::parse_duration)]
         lease: Option<Duration>,
     },
 }
@@ -104,7 +110,7 @@ struct BackupArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Read at most this much per second while checksumming (e.g. 50M, 1G).
-    #[arg(long, value_parser = runbook::parse_rate)]
+    #[arg(long, value_parser = args::parse_rate)]
     rate_limit: Option<u64>,
     /// Store the files zstd-compressed.
     #[arg(long)]
@@ -132,7 +138,7 @@ enum WorkloadCommand {
         #[arg(long, default_value_t = 4)]
         threads: u64,
         /// How long to run (e.g. 30s, 5m).
-        #[arg(long, default_value = "30s", value_parser = runbook::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = args::parse_duration)]
         duration: Duration,
         /// Append each acknowledged transfer's id to this file (synced) after its commit.
         #[arg(long)]
@@ -151,12 +157,57 @@ enum VerifyCommand {
 
 #[derive(Subcommand)]
 enum KvsCommand {
-    /// Writes a consistent, openable copy of the store into a new directory (live if a process
-    /// owns the store); use it instead of tar on live RocksDB files.
-    Checkpoint {
+    /// Writes a raw snapshot of the store into a new directory, live if a process owns the
+    /// store (RocksDB: a checkpoint, which is what to use instead of tar on live files).
+    #[command(alias = "checkpoint")]
+    Snapshot {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Loads a raw snapshot into the configured (empty) store, offline: the runbook's "restore
+    /// your underlying store" step. Follow it with clean-transactions, fast-forward and
+    /// backup-lock --release (or use `ortelius restore`, which does everything).
+    Load {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Replace a store that holds data.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TimelockCommand {
+    /// Serves timestamps and locks to every process sharing a store, until killed.
+    Serve(TimelockServeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TimelockServeArgs {
+    /// Where clients connect.
+    #[arg(long, default_value = "127.0.0.1:7900")]
+    pub listen: String,
+    /// The address clients are told to use for this server (default: the listening address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// A single server keeps its durable state here.
+    #[arg(long, default_value = "timelock-data")]
+    pub data_dir: PathBuf,
+    /// A file holding the token clients must present.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// A file holding the admin token (needed to fast-forward during restores).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// etcd endpoints for a highly available cluster of servers (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The key prefix of this timelock cluster in etcd.
+    #[arg(long, default_value = "/ortelius/timelock")]
+    pub etcd_prefix: String,
+    /// How long a dead leader keeps its place before another server takes over (e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = args::parse_duration)]
+    pub leader_lease: Duration,
 }
 
 #[derive(Subcommand)]
@@ -210,6 +261,7 @@ fn run(cli: &Cli) -> Result<()> {
             runbook::clean_transactions(&load_config(cli)?, backup_ts)
         }
         Command::Serve => runbook::serve(&load_config(cli)?),
+        Command::Timelock(TimelockCommand::Serve(args)) => runbook::timelock_serve(args),
         Command::Backup(BackupArgs {
             action: Some(BackupAction::Verify { dir, deep }),
             ..
@@ -246,8 +298,9 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Verify(VerifyCommand::Bank { at }) => {
             runbook::verify_bank(&load_config(cli)?, *at)
         }
-        Command::Kvs(KvsCommand::Checkpoint { dir }) => {
-            runbook::checkpoint(&load_config(cli)?, dir)
+        Command::Kvs(KvsCommand::Snapshot { dir }) => runbook::snapshot(&load_config(cli)?, dir),
+        Command::Kvs(KvsCommand::Load { dir, force }) => {
+            runbook::load(&load_config(cli)?, dir, *force)
         }
         Command::Sweep { table, dry_run, .. } => {
             runbook::sweep(&load_config(cli)?, table.as_deref(), *dry_run)

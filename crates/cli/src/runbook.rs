@@ -1,63 +1,21 @@
-//! The seed runbook's commands. When the config names a management API and a process answers
-//! there, commands go through it (live operation while the application writes); otherwise they
-//! open the configured store directly. Commands only safe offline refuse a live owner.
+//! The seed runbook's commands and the one-shot backup and restore. Live steps go through the
+//! store's owner (see `store`): each command picks it once. Commands only safe offline refuse
+//! a live owner.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ortelius_kvs::memory::MemoryKvs;
-use ortelius_kvs::TableRef;
-use ortelius_kvs::{KeyValueService, KvsError};
-use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
-use ortelius_management::ManagementClient;
-use ortelius_timelock::FastForward;
-use ortelius_txn::{
-    BackupLock, SweepConfig, Sweeper, SystemWallClock, TransactionConfig, TransactionManager,
-};
-use serde_json::{json, Value};
+use ortelius_backup::{BackupOptions, OwnerError, RestoreOptions};
+use ortelius_kvs::snapshot::TargetState;
+use ortelius_timelock::{AllocatorOptions, FastForward, PersistentTimestampService};
+use ortelius_txn::BackupLockHolder;
 
-use crate::config::{AtlasConfig, KvsConfig};
-
-/// Opens the configured store directly.
-pub fn open_store(config: &AtlasConfig) -> Result<Arc<dyn KeyValueService>> {
-    match &config.key_value_service {
-        KvsConfig::Memory {} => Ok(Arc::new(MemoryKvs::new())),
-        KvsConfig::Rocksdb { data_dir } => match RocksDbKvs::open(data_dir, &RocksDbConfig::default()) {
-            Ok(kvs) => Ok(Arc::new(kvs)),
-            Err(KvsError::StoreLocked { dir, .. }) => bail!(
-                "the store at {} is open in a running process whose management API does not answer; configure management.address (and token) to reach it, or stop it",
-                dir.display()
-            ),
-            Err(e) => Err(e.into()),
-        },
-    }
-}
-
-/// The management API of a live owner of the store, if the config names one and it answers.
-pub fn live(config: &AtlasConfig) -> Option<ManagementClient> {
-    let m = config.management.as_ref()?;
-    let client = ManagementClient::new(&m.address, m.token.clone());
-    client.is_live().then_some(client)
-}
-
-fn refuse_live(config: &AtlasConfig, what: &str) -> Result<()> {
-    if let Some(client) = live(config) {
-        bail!(
-            "{what} is only safe offline (during a restore, on a store no process uses), but a running process owns this store (management API at {}); stop it first",
-            client.address()
-        );
-    }
-    Ok(())
-}
-
-fn manager(config: &AtlasConfig) -> Result<TransactionManager> {
-    Ok(TransactionManager::embedded(
-        open_store(config)?,
-        TransactionConfig::default(),
-    )?)
-}
+use crate::config::AtlasConfig;
+use crate::progress::Bars;
+use crate::store::{direct_owner, manager, owner, refuse_live};
 
 /// Reads a timestamp file: one non-negative integer on one line.
 pub fn read_timestamp_file(file: &Path) -> Result<i64> {
@@ -104,25 +62,11 @@ pub fn timestamp_arg(file: Option<&PathBuf>, timestamp: Option<i64>) -> Result<i
 }
 
 pub fn fetch(config: &AtlasConfig, file: Option<&Path>, immutable: bool) -> Result<()> {
-    let ts = match live(config) {
-        Some(client) => {
-            let path = if immutable {
-                "/v1/timestamp/immutable"
-            } else {
-                "/v1/timestamp/fresh"
-            };
-            client.call("POST", path, None)?["timestamp"]
-                .as_i64()
-                .context("the management API answered no timestamp")?
-        }
-        None => {
-            let m = manager(config)?;
-            if immutable {
-                m.immutable_timestamp()?
-            } else {
-                m.fresh_timestamp()?
-            }
-        }
+    let owner = owner(config)?;
+    let ts = if immutable {
+        owner.immutable_timestamp()?
+    } else {
+        owner.fresh_timestamp()?
     };
     if let Some(file) = file {
         if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -138,7 +82,7 @@ pub fn fetch(config: &AtlasConfig, file: Option<&Path>, immutable: bool) -> Resu
 
 pub fn fast_forward(config: &AtlasConfig, target: i64) -> Result<()> {
     refuse_live(config, "fast-forward of an embedded store")?;
-    let m = manager(config)?;
+    let (m, _) = manager(config)?;
     match m.timestamps().fast_forward(target)? {
         FastForward::Advanced { from, to } => {
             println!("fast-forwarded the timestamp service from {from} to {to}")
@@ -152,7 +96,7 @@ pub fn fast_forward(config: &AtlasConfig, target: i64) -> Result<()> {
 
 pub fn clean_transactions(config: &AtlasConfig, backup_ts: i64) -> Result<()> {
     refuse_live(config, "clean-transactions")?;
-    let m = manager(config)?;
+    let (m, _) = manager(config)?;
     let report = m.transactions_table().clean_from(backup_ts, |r| {
         eprintln!(
             "scanned {} transactions, {} to delete so far",
@@ -179,78 +123,34 @@ pub enum LockAction {
     Status,
 }
 
-fn describe_holder(h: &Value) -> String {
-    format!(
-        "{} (reason: {})",
-        h["holder"].as_str().unwrap_or("?"),
-        h["reason"].as_str().unwrap_or("?")
-    )
+fn describe_holder(h: &BackupLockHolder) -> String {
+    format!("{} (reason: {})", h.holder, h.reason)
 }
 
 pub fn backup_lock(config: &AtlasConfig, action: LockAction) -> Result<()> {
-    if let Some(client) = live(config) {
-        let holder = format!("ortelius-cli pid {}", std::process::id());
-        match action {
-            LockAction::Acquire { reason, lease } => {
-                let body = json!({"holder": holder, "reason": reason, "lease_secs": lease.map(|l| l.as_secs())});
-                let held = client.call("POST", "/v1/backup-lock/acquire", Some(&body))?;
-                println!("backup lock acquired by {}", describe_holder(&held));
-            }
-            LockAction::Release { force } => {
-                match client.call("POST", "/v1/backup-lock/release", None) {
-                    Ok(released) => println!(
-                        "backup lock released (was held by {})",
-                        describe_holder(&released)
-                    ),
-                    Err(ortelius_management::ManagementError::Refused { status: 409, .. })
-                        if force =>
-                    {
-                        println!("backup lock was not held; nothing to release")
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            LockAction::Status => {
-                let s = client.call("GET", "/v1/backup-lock/status", None)?;
-                if s["held"].is_null() {
-                    println!("not held");
-                } else {
-                    println!("held by {}", describe_holder(&s["held"]));
-                }
-                println!("deletions in flight: {}", s["deletions_in_flight"]);
-            }
-        }
-        return Ok(());
-    }
-    let lock = BackupLock::new(open_store(config)?, Arc::new(SystemWallClock))?;
+    let owner = owner(config)?;
     match action {
         LockAction::Acquire { reason, lease } => {
             let holder = format!("ortelius-cli pid {}", std::process::id());
-            let held = lock.acquire(&holder, &reason, lease, Duration::from_secs(120))?;
-            println!(
-                "backup lock acquired by {} (reason: {})",
-                held.holder, held.reason
-            );
+            let held = owner.acquire_backup_lock(&holder, &reason, lease)?;
+            println!("backup lock acquired by {}", describe_holder(&held));
         }
-        LockAction::Release { force } => match lock.release() {
-            Ok(released) => {
-                println!(
-                    "backup lock released (was held by {}, reason: {})",
-                    released.holder, released.reason
-                )
-            }
-            Err(ortelius_txn::BackupLockError::NotHeld) if force => {
+        LockAction::Release { force } => match owner.release_backup_lock() {
+            Ok(released) => println!(
+                "backup lock released (was held by {})",
+                describe_holder(&released)
+            ),
+            Err(OwnerError::LockNotHeld) if force => {
                 println!("backup lock was not held; nothing to release")
             }
             Err(e) => return Err(e.into()),
         },
         LockAction::Status => {
-            let status = lock.status()?;
+            let status = owner.backup_lock_status()?;
             match (&status.held, &status.expired) {
                 (Some(h), _) => println!(
-                    "held by {} (reason: {}) since {} ms after the epoch; lease expires {}",
-                    h.holder,
-                    h.reason,
+                    "held by {} since {} ms after the epoch; lease expires {}",
+                    describe_holder(h),
                     h.acquired_at_ms,
                     h.lease_expires_ms
                         .map_or("never".to_owned(), |e| format!("at {e} ms"))
@@ -264,75 +164,56 @@ pub fn backup_lock(config: &AtlasConfig, action: LockAction) -> Result<()> {
     Ok(())
 }
 
-/// Parses durations like `90s`, `15m`, `2h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m or 2h"))?;
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{text:?} has an unknown unit; use s, m or h")),
-    };
-    Ok(Duration::from_secs(secs))
+/// A raw snapshot of the store, taken live through the owner when there is one.
+pub fn snapshot(config: &AtlasConfig, dir: &Path) -> Result<()> {
+    let taken = owner(config)?.snapshot(dir)?;
+    println!("{} snapshot written to {}", taken.store_kind, dir.display());
+    Ok(())
 }
 
-/// A consistent copy of the store, taken live through the owner's API when there is one.
-pub fn checkpoint(config: &AtlasConfig, dir: &Path) -> Result<()> {
-    match live(config) {
-        Some(client) => {
-            let dir = std::path::absolute(dir)
-                .with_context(|| format!("bad directory {}", dir.display()))?;
-            client.call(
-                "POST",
-                "/v1/checkpoint",
-                Some(&json!({"dir": dir.to_string_lossy()})),
-            )?;
-        }
-        None => open_store(config)?.checkpoint(dir)?,
+/// Loads a raw snapshot into the configured store (offline), leaving the rest of the restore
+/// runbook to the operator.
+pub fn load(config: &AtlasConfig, dir: &Path, force: bool) -> Result<()> {
+    refuse_live(config, "kvs load")?;
+    let target = ortelius_backends::restore_target(&config.key_value_service)?;
+    if target.state()? == TargetState::HasData && !force {
+        bail!(
+            "{} is not empty; load into an empty store, or pass --force to replace its contents",
+            target.describe()
+        );
     }
-    println!("checkpoint written to {}", dir.display());
+    target.load(dir, &|_, _| {})?;
+    let kvs = target.open_restoring()?;
+    // The snapshot carries the timestamp-allocator lease of the process it was taken from;
+    // nothing runs on this store now, so release it for the runbook's next commands.
+    let release = AllocatorOptions {
+        take_over: true,
+        ..AllocatorOptions::for_store(&*kvs)
+    };
+    match PersistentTimestampService::with_options(kvs.clone(), release) {
+        // A store whose timestamps come from a timelock server has no lease to release.
+        Ok(_) | Err(ortelius_timelock::TimestampError::OwnedByTimelock { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    ortelius_kvs::snapshot::finish_restore(&*kvs)?;
+    println!(
+        "loaded {} into {}; now run timestamp clean-transactions, timestamp fast-forward and backup-lock --release",
+        dir.display(),
+        target.describe()
+    );
     Ok(())
 }
 
 /// Sweeps one table or all of them.
 pub fn sweep(config: &AtlasConfig, table: Option<&str>, dry_run: bool) -> Result<()> {
-    let reports: Vec<Value> = match live(config) {
-        Some(client) => {
-            let answer = client.call(
-                "POST",
-                "/v1/sweep",
-                Some(&json!({"table": table, "dry_run": dry_run})),
-            )?;
-            answer.as_array().cloned().unwrap_or_default()
-        }
-        None => {
-            let m = manager(config)?;
-            let lock = BackupLock::new(m.kvs().clone(), Arc::new(SystemWallClock))?;
-            let sweeper = Sweeper::new(m, lock, SweepConfig::default())?;
-            let reports = match table {
-                Some(name) => vec![sweeper.sweep_table(&TableRef::parse(name)?, dry_run)?],
-                None => sweeper.sweep_all(dry_run)?,
-            };
-            reports
-                .iter()
-                .map(|r| json!({"table": r.table.as_ref().map(TableRef::qualified_name), "versions_deleted": r.versions_deleted, "cells_examined": r.cells_examined, "paused_by_backup_lock": r.paused_by_backup_lock}))
-                .collect()
-        }
-    };
-    for r in reports {
+    for r in owner(config)?.sweep(table, dry_run)? {
         let verb = if dry_run { "would delete" } else { "deleted" };
         println!(
             "{}: examined {} cells, {verb} {} versions{}",
-            r["table"].as_str().unwrap_or("?"),
-            r["cells_examined"],
-            r["versions_deleted"],
-            if r["paused_by_backup_lock"].as_bool() == Some(true) {
+            r.table.as_deref().unwrap_or("?"),
+            r.cells_examined,
+            r.versions_deleted,
+            if r.paused_by_backup_lock {
                 " (paused: the backup lock is held)"
             } else {
                 ""
@@ -342,11 +223,11 @@ pub fn sweep(config: &AtlasConfig, table: Option<&str>, dry_run: bool) -> Result
     Ok(())
 }
 
-/// Starts the management API (and a background sweeper) over `m` if the config names an
+/// Starts the management API (and a background sweeper) over `owner` if the config names an
 /// address; the returned guards stop both when dropped.
 fn start_management(
     config: &AtlasConfig,
-    m: &TransactionManager,
+    owner: &ortelius_backup::DirectOwner,
 ) -> Result<
     Option<(
         ortelius_management::RunningServer,
@@ -356,18 +237,11 @@ fn start_management(
     let Some(management) = config.management.as_ref() else {
         return Ok(None);
     };
-    let backup_lock = BackupLock::new(m.kvs().clone(), Arc::new(SystemWallClock))?;
-    let sweeper = Sweeper::new(m.clone(), backup_lock.clone(), SweepConfig::default())?;
-    let background = sweeper.spawn_background(Duration::from_secs(60));
-    let state = ortelius_management::ManagementState {
-        manager: m.clone(),
-        backup_lock,
-        sweeper,
-    };
+    let background = owner.sweeper().spawn_background(Duration::from_secs(60));
     let server = ortelius_management::ManagementServer::start(
         &management.address,
         management.token.clone(),
-        state,
+        Arc::new(owner.clone()),
     )
     .map_err(anyhow::Error::msg)?;
     eprintln!("serving the management API on {}", server.address);
@@ -376,11 +250,12 @@ fn start_management(
 
 /// `workload bank`: transfers on the configured store, serving the management API meanwhile.
 pub fn workload_bank(config: &AtlasConfig, workload: &crate::bank::Workload) -> Result<()> {
-    let m = manager(config)?;
-    let _serving = start_management(config, &m)?;
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let started = std::time::Instant::now();
-    let committed = crate::bank::run(&m, workload, &stop, true)?;
+    let owner = direct_owner(config)?;
+    let _serving = start_management(config, &owner)?;
+    let m = owner.manager();
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let committed = crate::bank::run(m, workload, &stop, true)?;
     let secs = started.elapsed().as_secs_f64();
     let verdict = crate::bank::verify(&m.begin_read_only()?)?;
     println!(
@@ -395,7 +270,7 @@ pub fn workload_bank(config: &AtlasConfig, workload: &crate::bank::Workload) -> 
 /// `verify bank`: the invariant at a fresh timestamp or at `at` (offline).
 pub fn verify_bank(config: &AtlasConfig, at: Option<i64>) -> Result<()> {
     refuse_live(config, "verify bank (it reads the store directly)")?;
-    let m = manager(config)?;
+    let (m, _) = manager(config)?;
     let txn = match at {
         Some(ts) => m.begin_read_only_at(ts)?,
         None => m.begin_read_only()?,
@@ -416,108 +291,10 @@ pub fn serve(config: &AtlasConfig) -> Result<()> {
     if config.management.is_none() {
         bail!("serve needs management.address in the config (e.g. 127.0.0.1:7878)");
     }
-    let m = manager(config)?;
-    let _serving = start_management(config, &m)?;
+    let owner = direct_owner(config)?;
+    let _serving = start_management(config, &owner)?;
     loop {
         std::thread::sleep(Duration::from_secs(3600));
-    }
-}
-
-/// The backup source of a live owner: its management API.
-struct LiveSource(ManagementClient);
-
-impl ortelius_backup::BackupSource for LiveSource {
-    fn acquire_lock(&self, reason: &str, lease: Duration) -> std::result::Result<(), String> {
-        let body = json!({"holder": format!("ortelius backup (pid {})", std::process::id()), "reason": reason, "lease_secs": lease.as_secs()});
-        self.0
-            .call("POST", "/v1/backup-lock/acquire", Some(&body))
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-    fn release_lock(&self) -> std::result::Result<(), String> {
-        self.0
-            .call("POST", "/v1/backup-lock/release", None)
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-    fn fresh_timestamp(&self) -> std::result::Result<i64, String> {
-        self.0
-            .call("POST", "/v1/timestamp/fresh", None)
-            .map_err(|e| e.to_string())?["timestamp"]
-            .as_i64()
-            .ok_or_else(|| "the management API answered no timestamp".to_owned())
-    }
-    fn sweep_timestamp(&self) -> std::result::Result<i64, String> {
-        self.0
-            .call("GET", "/v1/sweep/status", None)
-            .map_err(|e| e.to_string())?["sweep_ts"]
-            .as_i64()
-            .ok_or_else(|| "the management API answered no sweep timestamp".to_owned())
-    }
-    fn checkpoint(&self, dir: &Path) -> std::result::Result<(), String> {
-        let dir = std::path::absolute(dir).map_err(|e| e.to_string())?;
-        self.0
-            .call(
-                "POST",
-                "/v1/checkpoint",
-                Some(&json!({"dir": dir.to_string_lossy()})),
-            )
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// Progress of backup and restore steps: a bar per step on stderr (indicatif hides it when
-/// stderr is not a terminal), paced to an optional rate limit in bytes per second.
-struct Bars {
-    current: std::sync::Mutex<Option<(String, indicatif::ProgressBar)>>,
-    limit: Option<ortelius_backup::RateLimit>,
-}
-
-impl Bars {
-    fn new(rate_limit: Option<u64>) -> Self {
-        Self {
-            current: std::sync::Mutex::new(None),
-            limit: rate_limit.map(ortelius_backup::RateLimit::new),
-        }
-    }
-
-    fn update(&self, step: &str, done: u64, total: u64) {
-        self.draw(step, done, total);
-        if let Some(limit) = &self.limit {
-            limit.pace(step, done);
-        }
-    }
-
-    fn draw(&self, step: &str, done: u64, total: u64) {
-        let Ok(mut current) = self.current.lock() else {
-            return;
-        };
-        if current.as_ref().map(|(s, _)| s.as_str()) != Some(step) {
-            if let Some((_, bar)) = current.take() {
-                bar.finish_and_clear();
-            }
-            let bar = indicatif::ProgressBar::new(total);
-            let style = indicatif::ProgressStyle::with_template(
-                "{msg:>12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar.set_message(step.to_owned());
-            *current = Some((step.to_owned(), bar));
-        }
-        if let Some((_, bar)) = current.as_ref() {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    }
-
-    fn finish(&self) {
-        if let Ok(mut current) = self.current.lock() {
-            if let Some((_, bar)) = current.take() {
-                bar.finish_and_clear();
-            }
-        }
     }
 }
 
@@ -530,35 +307,29 @@ pub fn backup(
 ) -> Result<()> {
     // Ctrl-C stops the backup at its next step and releases the lock at once (instead of
     // leaving it to its lease).
-    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
-    ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("cannot install the Ctrl-C handler")?;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let owner = owner(config)?;
     let bars = Bars::new(rate_limit);
     let progress = |step: &str, done: u64, total: u64| bars.update(step, done, total);
-    let manifest = match live(config) {
-        Some(client) => ortelius_backup::backup_cancellable(
-            &LiveSource(client),
-            dir,
-            compress,
-            &cancel,
-            &progress,
-        ),
-        None => {
-            let source =
-                ortelius_backup::DirectSource::new(manager(config)?).map_err(anyhow::Error::msg)?;
-            ortelius_backup::backup_cancellable(&source, dir, compress, &cancel, &progress)
-        }
-    };
+    let manifest = ortelius_backup::backup_cancellable(
+        &*owner,
+        dir,
+        BackupOptions { compress },
+        &cancel,
+        &progress,
+    );
     bars.finish();
     let manifest = manifest?;
-    let bytes: u64 = manifest.files.iter().map(|f| f.1).sum();
     println!(
-        "backup complete in {:.1?}: {} files, {:.1} MB; B = {}, F = {}, every version kept from {}",
+        "backup of {} complete in {:.1?}: {} files, {:.1} MB; B = {}, F = {}, every version kept from {}",
+        manifest.store_kind,
         started.elapsed(),
         manifest.files.len(),
-        bytes as f64 / 1e6,
+        manifest.total_size() as f64 / 1e6,
         manifest.backup_ts,
         manifest.fast_forward_ts,
         manifest.oldest_complete_ts
@@ -570,9 +341,21 @@ pub fn backup(
 pub fn verify_backup(dir: &Path, deep: bool) -> Result<()> {
     if deep {
         let r = ortelius_backup::verify_deep(dir)?;
+        let transactions = match r.transactions {
+            Some(n) => format!(
+                "{n} transactions well-formed and before F = {}",
+                r.manifest.fast_forward_ts
+            ),
+            None => format!(
+                "the transactions table is not readable without a {} server (checked on restore)",
+                r.manifest.store_kind
+            ),
+        };
         println!(
-            "backup {} is intact: {} files match their checksums; {} keys read back, {} transactions well-formed and before F = {}",
-            dir.display(), r.manifest.files.len(), r.keys, r.transactions, r.manifest.fast_forward_ts
+            "backup {} is intact: {} files match their checksums; {} entries read back, {transactions}",
+            dir.display(),
+            r.manifest.files.len(),
+            r.entries
         );
     } else {
         let m = ortelius_backup::verify(dir)?;
@@ -587,7 +370,7 @@ pub fn verify_backup(dir: &Path, deep: bool) -> Result<()> {
     Ok(())
 }
 
-/// `restore --dir D`: into the configured store's directory, offline.
+/// `restore --dir D`: into the configured store, offline.
 pub fn restore(
     config: &AtlasConfig,
     dir: &Path,
@@ -596,48 +379,70 @@ pub fn restore(
     rate_limit: Option<u64>,
 ) -> Result<()> {
     refuse_live(config, "restore")?;
-    let KvsConfig::Rocksdb { data_dir } = &config.key_value_service else {
-        bail!("restore needs keyValueService.type rocksdb (a memory store has nowhere to restore into)");
-    };
-    let started = std::time::Instant::now();
+    let target = ortelius_backends::restore_target(&config.key_value_service)?;
+    let started = Instant::now();
     let bars = Bars::new(rate_limit);
     let progress = |step: &str, done: u64, total: u64| bars.update(step, done, total);
-    let report = ortelius_backup::restore_with_progress(dir, data_dir, force, as_of, &progress);
+    let timestamps = crate::store::timelock(config)?
+        .map(|c| Arc::new(c) as Arc<dyn ortelius_timelock::TimestampService>);
+    let options = RestoreOptions {
+        force,
+        as_of,
+        timestamps,
+    };
+    let report = ortelius_backup::restore_with(dir, &*target, &options, &progress);
     bars.finish();
     let report = report?;
     println!(
-        "restored {} into {} in {:.1?} as of {}: copied {:.1} MB, linked {:.1} MB, removed {} later transactions, fast-forwarded past {}, released the backup lock",
+        "restored {} into {} in {:.1?} as of {}: loaded {:.1} MB, removed {} later transactions, fast-forwarded past {}, released the backup lock",
         dir.display(),
-        data_dir.display(),
+        target.describe(),
         started.elapsed(),
         report.as_of,
-        report.bytes_copied as f64 / 1e6,
-        report.bytes_linked as f64 / 1e6,
+        report.bytes_loaded as f64 / 1e6,
         report.transactions_removed,
         report.manifest.fast_forward_ts
     );
     Ok(())
 }
 
-/// Parses a rate like `512K`, `50M` or `1G` (per second, binary units) into bytes per second.
-pub fn parse_rate(text: &str) -> Result<u64, String> {
-    let t = text
-        .trim()
-        .trim_end_matches("/s")
-        .trim_end_matches(['B', 'b']);
-    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a rate like 512K, 50M or 1G (per second)"))?;
-    let scale: u64 = match unit {
-        "" => 1,
-        "K" | "k" => 1 << 10,
-        "M" | "m" => 1 << 20,
-        "G" | "g" => 1 << 30,
-        _ => return Err(format!("{text:?} has an unknown unit; use K, M or G")),
+/// `timelock serve`: the shared timestamp and lock server, until killed.
+pub fn timelock_serve(args: &crate::TimelockServeArgs) -> Result<()> {
+    let read_token = |file: &Option<PathBuf>| -> Result<Option<String>> {
+        file.as_ref()
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .map(|t| t.trim().to_owned())
+                    .with_context(|| format!("cannot read token file {}", f.display()))
+            })
+            .transpose()
     };
-    match n.checked_mul(scale) {
-        Some(0) | None => Err(format!("{text:?} must be a positive rate")),
-        Some(rate) => Ok(rate),
+    let ha = (!args.etcd.is_empty()).then(|| ortelius_timelock_server::ha::HaConfig {
+        endpoints: args.etcd.clone(),
+        prefix: args.etcd_prefix.clone(),
+        lease: args.leader_lease,
+    });
+    let server = ortelius_timelock_server::start(ortelius_timelock_server::ServerConfig {
+        listen: args.listen.clone(),
+        advertise: args.advertise.clone(),
+        data_dir: args.data_dir.clone(),
+        token: read_token(&args.token_file)?,
+        admin_token: read_token(&args.admin_token_file)?,
+        lock_lease: ortelius_timelock::DEFAULT_LEASE,
+        ha,
+    })
+    .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "serving timestamps and locks on {} (timelock cluster {}{})",
+        server.address,
+        server.cluster,
+        if args.etcd.is_empty() {
+            format!(", state in {}", args.data_dir.display())
+        } else {
+            format!(", leader elected through etcd at {}", args.etcd.join(","))
+        }
+    );
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }

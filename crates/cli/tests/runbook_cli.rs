@@ -4,10 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 
-use ortelius_kvs::{Cell, KeyValueService, TableRef};
-use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+use ortelius_kvs::{Cell, TableRef};
 use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
 
 struct Env {
@@ -42,8 +40,11 @@ impl Env {
     }
 
     fn with_manager<R>(&self, f: impl FnOnce(&TransactionManager, &TableRef) -> R) -> R {
-        let kvs: Arc<dyn KeyValueService> =
-            Arc::new(RocksDbKvs::open(self.data(), &RocksDbConfig::default()).unwrap());
+        let kvs = ortelius_backends::open(&ortelius_backends::StoreConfig::Rocksdb {
+            data_dir: self.data(),
+        })
+        .unwrap()
+        .kvs;
         let m = TransactionManager::embedded(kvs, TransactionConfig::default()).unwrap();
         let t = TableRef::new("bank", "accounts").unwrap();
         m.create_table(&t, TableMetadata::default()).unwrap();
@@ -200,14 +201,14 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     let unknown = write(
         d,
         "unknown.yml",
-        "atlasdb:\n  keyValueService: {type: cassandra}\n",
+        "atlasdb:\n  keyValueService: {type: dynamodb}\n",
     );
     fails(
         &bin()
             .args(["--config", &unknown, "timestamp", "fetch"])
             .output()
             .unwrap(),
-        "cassandra",
+        "dynamodb",
     );
     let typo = write(
         d,

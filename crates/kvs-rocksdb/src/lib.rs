@@ -7,8 +7,8 @@
 //! path of transactions — are synced by default; plain puts are not, because a later synced
 //! WAL write makes every earlier write durable with it (see [`Durability`]).
 
-mod keys;
 mod range;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -23,8 +23,8 @@ use ortelius_kvs::{
 };
 use rocksdb::{DBRawIterator, Options, WriteBatch, WriteOptions, DB};
 
-use crate::keys::DecodedKey;
 use crate::range::{collect_row, ColumnRangeIter, RocksRangeIter};
+use ortelius_kvs::keycodec::{self as keys, DecodedKey};
 
 /// When writes reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,10 +52,6 @@ impl Default for Durability {
 pub struct RocksDbConfig {
     pub durability: Durability,
 }
-
-/// A file a restore writes into the data directory before anything else and removes when it
-/// has finished; `open` refuses a directory that has it.
-pub const RESTORE_MARKER: &str = "ORTELIUS-RESTORE-IN-PROGRESS";
 
 /// The RocksDB options every store is opened with (LZ4, 10-bit bloom filters). Public so
 /// benchmarks run their raw-RocksDB baseline with exactly the same settings.
@@ -91,7 +87,7 @@ pub struct RocksDbKvs {
     atomic_writes: WriteOptions,
 }
 
-fn storage(e: rocksdb::Error) -> KvsError {
+pub(crate) fn storage(e: rocksdb::Error) -> KvsError {
     KvsError::storage(e)
 }
 
@@ -105,18 +101,6 @@ impl RocksDbKvs {
     /// Opens (creating if needed) the store in `dir`. Fails with `StoreLocked` when another
     /// process — or another handle in this one — has it open.
     pub fn open(dir: impl AsRef<Path>, config: &RocksDbConfig) -> KvsResult<Self> {
-        let dir = dir.as_ref();
-        if dir.join(RESTORE_MARKER).exists() {
-            return Err(KvsError::UnfinishedRestore {
-                dir: dir.to_path_buf(),
-            });
-        }
-        Self::open_restoring(dir, config)
-    }
-
-    /// Opens a store even while its directory carries the restore marker: for the restore
-    /// itself, which removes the marker when it has finished.
-    pub fn open_restoring(dir: impl AsRef<Path>, config: &RocksDbConfig) -> KvsResult<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| KvsError::Storage {
             detail: format!("cannot create data directory {}: {e}", dir.display()),
@@ -205,7 +189,7 @@ impl RocksDbKvs {
             .unwrap_or(0))
     }
 
-    fn table_id(&self, table: &TableRef) -> KvsResult<u32> {
+    pub(crate) fn table_id(&self, table: &TableRef) -> KvsResult<u32> {
         self.tables
             .read()
             .map_err(|_| poisoned())?
@@ -760,27 +744,6 @@ impl KeyValueService for RocksDbKvs {
             }
         }
         self.write(batch, false)
-    }
-
-    fn checkpoint(&self, dir: &Path) -> KvsResult<()> {
-        if dir.exists() {
-            return Err(KvsError::Storage {
-                detail: format!(
-                    "checkpoint target {} already exists; choose a new directory",
-                    dir.display()
-                ),
-            });
-        }
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| KvsError::Storage {
-                detail: format!("cannot create {}: {e}", parent.display()),
-            })?;
-        }
-        rocksdb::checkpoint::Checkpoint::new(&self.db)
-            .and_then(|c| c.create_checkpoint(dir))
-            .map_err(|e| KvsError::Storage {
-                detail: format!("checkpoint into {} failed: {e}", dir.display()),
-            })
     }
 }
 

@@ -10,7 +10,7 @@ use ortelius_kvs::{
 };
 use rocksdb::{DBRawIterator, ReadOptions, DB};
 
-use crate::keys;
+use ortelius_kvs::keycodec as keys;
 
 /// `next()` steps tried before falling back to a seek when skipping versions.
 const SEQUENTIAL_SKIPS: usize = 4;

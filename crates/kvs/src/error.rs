@@ -1,8 +1,23 @@
-//! Typed errors of the KVS contract.
+//! Typed errors of the KVS contract, each with an [`ErrorClass`] saying whether retrying can
+//! help and whether a failed write may still have happened.
 
 use std::path::PathBuf;
 
 use crate::types::{Cell, TableRef, Timestamp};
+
+/// What a caller may do after a store error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The operation did not take effect and may succeed if tried again (a lost connection
+    /// before the request was sent, a server restarting, no quorum).
+    Transient,
+    /// Trying again will not help: bad input, a missing table, corruption, or an answer such as
+    /// "the key already exists".
+    Permanent,
+    /// A write whose reply was lost: it may or may not have happened. Read back before redoing
+    /// anything that is not idempotent.
+    MaybeApplied,
+}
 
 /// Every error a [`crate::KeyValueService`] returns. Validation errors are raised before
 /// anything is written.
@@ -39,13 +54,24 @@ pub enum KvsError {
     },
     #[error("the store at {} is already open in another process (or elsewhere in this one); stop that process or use its management API", dir.display())]
     StoreLocked { dir: PathBuf, detail: String },
-    /// The directory holds a restore that began and did not finish.
-    #[error("a restore into {} began but did not finish; run the restore again (it starts over), or remove the directory", dir.display())]
-    UnfinishedRestore { dir: PathBuf },
+    /// The store holds a restore that began and did not finish.
+    #[error(
+        "a restore into {store} began but did not finish; run the restore again (it starts over)"
+    )]
+    UnfinishedRestore { store: String },
     #[error("{operation} is not supported by the {backend} backend")]
     Unsupported {
         operation: &'static str,
         backend: &'static str,
+    },
+    /// The store cannot be reached or cannot serve the request now; nothing was applied.
+    #[error("store unavailable: {detail}")]
+    Unavailable { detail: String },
+    /// A write whose reply was lost: it may or may not have been applied.
+    #[error("{operation} may or may not have been applied (its reply was lost): {detail}")]
+    MaybeApplied {
+        operation: &'static str,
+        detail: String,
     },
     #[error("stored data is corrupt: {detail}")]
     Corruption { detail: String },
@@ -54,10 +80,19 @@ pub enum KvsError {
 }
 
 impl KvsError {
-    /// Wraps a backend's error.
+    /// Wraps a backend's error that retrying will not fix.
     pub fn storage(err: impl std::fmt::Display) -> Self {
         Self::Storage {
             detail: err.to_string(),
+        }
+    }
+
+    /// Whether retrying can help and whether a failed write may have happened.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Unavailable { .. } => ErrorClass::Transient,
+            Self::MaybeApplied { .. } => ErrorClass::MaybeApplied,
+            _ => ErrorClass::Permanent,
         }
     }
 }

@@ -7,8 +7,10 @@
 //! the `conformance` feature, the one conformance suite every backend runs.
 
 mod error;
+pub mod keycodec;
 pub mod memory;
 mod service;
+pub mod snapshot;
 mod types;
 
 #[cfg(feature = "conformance")]
@@ -16,6 +18,6 @@ pub mod conformance;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::{KvsError, KvsResult};
+pub use error::{ErrorClass, KvsError, KvsResult};
 pub use service::{CellIter, KeyValueService, RowIter};
 pub use types::*;

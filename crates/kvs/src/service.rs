@@ -1,7 +1,6 @@
 //! The `KeyValueService` trait: AtlasDB's multi-version store contract.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use crate::error::KvsResult;
 use crate::types::{
@@ -28,6 +27,13 @@ pub type CellIter<'a> = Box<dyn Iterator<Item = KvsResult<(Cell, Value)>> + Send
 pub trait KeyValueService: Send + Sync {
     /// A short name for messages ("memory", "rocksdb", ...).
     fn backend_name(&self) -> &'static str;
+
+    /// Whether several processes can open this store at once (a networked store). A store
+    /// that only one process can open (embedded RocksDB, memory) needs no guard against a
+    /// second timestamp allocator beyond that.
+    fn shared_between_processes(&self) -> bool {
+        false
+    }
 
     /// Creates the table if absent (idempotent) and stores `metadata` for it.
     fn create_table(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()>;
@@ -124,13 +130,4 @@ pub trait KeyValueService: Send + Sync {
         table: &TableRef,
         cells: &[Cell],
     ) -> KvsResult<()>;
-
-    /// Writes a consistent, openable copy of the live store into `dir` (which must not exist).
-    fn checkpoint(&self, dir: &Path) -> KvsResult<()> {
-        let _ = dir;
-        Err(crate::KvsError::Unsupported {
-            operation: "checkpoint",
-            backend: self.backend_name(),
-        })
-    }
 }

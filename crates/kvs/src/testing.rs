@@ -3,7 +3,6 @@
 //! paths (a storage error, or an error *after* the write happened — "outcome unknown").
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::{
@@ -15,9 +14,12 @@ use crate::{
 /// When an injected fault fires relative to the real call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultTiming {
-    /// Fail without calling the store.
+    /// Fail without calling the store (`Unavailable`: nothing was applied).
     Before,
-    /// Call the store, then report failure anyway (the caller cannot know it worked).
+    /// Fail without calling the store with an error of unknown cause (`Storage`, permanent).
+    Broken,
+    /// Call the store, then report failure anyway (`MaybeApplied`: the caller cannot know it
+    /// worked).
     After,
 }
 
@@ -114,15 +116,22 @@ impl RecordingKvs {
         if let Ok(mut c) = self.calls.lock() {
             c.push((op, name.clone()));
         }
-        let injected = || KvsError::Storage {
-            detail: format!("injected fault in {op} on {name}"),
-        };
+        if self.take_fault(op, &name, FaultTiming::Broken) {
+            return Err(KvsError::Storage {
+                detail: format!("injected storage failure in {op} on {name}"),
+            });
+        }
         if self.take_fault(op, &name, FaultTiming::Before) {
-            return Err(injected());
+            return Err(KvsError::Unavailable {
+                detail: format!("injected fault before {op} on {name}"),
+            });
         }
         let result = f()?;
         if self.take_fault(op, &name, FaultTiming::After) {
-            return Err(injected());
+            return Err(KvsError::MaybeApplied {
+                operation: op,
+                detail: format!("injected fault after {op} on {name}"),
+            });
         }
         Ok(result)
     }
@@ -131,6 +140,9 @@ impl RecordingKvs {
 impl KeyValueService for RecordingKvs {
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
+    }
+    fn shared_between_processes(&self) -> bool {
+        self.inner.shared_between_processes()
     }
     fn create_table(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()> {
         self.call("create_table", Some(table), || {
@@ -278,9 +290,6 @@ impl KeyValueService for RecordingKvs {
                     .add_garbage_collection_sentinel_values(table, cells)
             },
         )
-    }
-    fn checkpoint(&self, dir: &Path) -> KvsResult<()> {
-        self.call("checkpoint", None, || self.inner.checkpoint(dir))
     }
 }
 

@@ -1,24 +1,21 @@
-//! The server side.
+//! The server side: serves any [`StoreOwner`] (in practice the process's `DirectOwner`).
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ortelius_kvs::TableRef;
-use ortelius_timelock::FastForward;
-use ortelius_txn::{BackupLock, BackupLockError, BackupLockHolder, Sweeper, TransactionManager};
-use serde_json::{json, Value};
+use ortelius_backup::{OwnerError, StoreOwner};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-/// What the API operates on.
-#[derive(Clone)]
-pub struct ManagementState {
-    pub manager: TransactionManager,
-    pub backup_lock: BackupLock,
-    pub sweeper: Sweeper,
-}
+use crate::api::{self, AcquireRequest, ErrorAnswer, Health, SnapshotRequest, SweepRequest};
+
+/// Requests served at once: a long call (a snapshot, a lock acquire waiting for deletions)
+/// does not hold up health checks or status calls.
+const WORKERS: usize = 4;
 
 /// Starts the API.
 pub struct ManagementServer;
@@ -27,7 +24,7 @@ pub struct ManagementServer;
 pub struct RunningServer {
     pub address: std::net::SocketAddr,
     stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    handles: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -37,7 +34,7 @@ impl RunningServer {
 
     fn stop_now(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
+        for h in self.handles.drain(..) {
             let _ = h.join();
         }
     }
@@ -49,66 +46,73 @@ impl Drop for RunningServer {
     }
 }
 
-/// An API error: HTTP status and message.
-struct ApiError(u16, String);
-
-impl From<ortelius_txn::TxnError> for ApiError {
-    fn from(e: ortelius_txn::TxnError) -> Self {
-        Self(500, e.to_string())
-    }
-}
-
-impl From<BackupLockError> for ApiError {
-    fn from(e: BackupLockError) -> Self {
-        let status = match e {
-            BackupLockError::AlreadyHeld(_)
-            | BackupLockError::NotHeld
-            | BackupLockError::DeletionsStillInFlight(_) => 409,
-            BackupLockError::Invalid(_) => 400,
-            _ => 500,
-        };
-        Self(status, e.to_string())
-    }
-}
-
-fn holder_json(h: &BackupLockHolder) -> Value {
-    json!({"holder": h.holder, "reason": h.reason, "acquired_at_ms": h.acquired_at_ms, "lease_expires_ms": h.lease_expires_ms})
-}
-
 impl ManagementServer {
-    /// Serves on `address` (e.g. `127.0.0.1:7878`; port 0 picks one) until stopped.
+    /// Serves `owner` on `address` (e.g. `127.0.0.1:7878`; port 0 picks one) until stopped.
     pub fn start(
         address: &str,
         token: Option<String>,
-        state: ManagementState,
+        owner: Arc<dyn StoreOwner>,
     ) -> Result<RunningServer, String> {
-        let server = Server::http(address)
-            .map_err(|e| format!("cannot serve the management API on {address}: {e}"))?;
+        let server = Arc::new(
+            Server::http(address)
+                .map_err(|e| format!("cannot serve the management API on {address}: {e}"))?,
+        );
         let bound = server
             .server_addr()
             .to_ip()
             .ok_or_else(|| format!("the management API on {address} is not on an IP address"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("ortelius-management".to_owned())
-            .spawn(move || {
-                while !flag.load(Ordering::SeqCst) {
-                    if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(50)) {
-                        handle(request, token.as_deref(), &state);
+        let mut handles = Vec::with_capacity(WORKERS);
+        for worker in 0..WORKERS {
+            let (server, stop, token, owner) =
+                (server.clone(), stop.clone(), token.clone(), owner.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("ortelius-management-{worker}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(50)) {
+                            handle(request, token.as_deref(), &*owner);
+                        }
                     }
-                }
-            })
-            .map_err(|e| format!("cannot start the management thread: {e}"))?;
+                })
+                .map_err(|e| format!("cannot start the management threads: {e}"))?;
+            handles.push(handle);
+        }
         Ok(RunningServer {
             address: bound,
             stop,
-            handle: Some(handle),
+            handles,
         })
     }
 }
 
-fn handle(mut request: Request, token: Option<&str>, state: &ManagementState) {
+/// A refused or failed call: HTTP status and answer.
+struct ApiError(u16, ErrorAnswer);
+
+impl ApiError {
+    fn new(status: u16, kind: &str, error: impl Into<String>) -> Self {
+        Self(
+            status,
+            ErrorAnswer {
+                error: error.into(),
+                kind: kind.to_owned(),
+            },
+        )
+    }
+}
+
+impl From<OwnerError> for ApiError {
+    fn from(e: OwnerError) -> Self {
+        match e {
+            OwnerError::LockHeld(_) => Self::new(409, "lock_held", e.to_string()),
+            OwnerError::LockNotHeld => Self::new(409, "lock_not_held", e.to_string()),
+            OwnerError::Invalid(_) => Self::new(400, "invalid", e.to_string()),
+            OwnerError::Failed(_) => Self::new(500, "failed", e.to_string()),
+        }
+    }
+}
+
+fn handle(mut request: Request, token: Option<&str>, owner: &dyn StoreOwner) {
     let authorized = token.is_none_or(|t| {
         request
             .headers()
@@ -117,147 +121,96 @@ fn handle(mut request: Request, token: Option<&str>, state: &ManagementState) {
     });
     let result = if authorized {
         let mut body = String::new();
-        let body: Value = match request.as_reader().read_to_string(&mut body) {
-            Ok(_) if body.trim().is_empty() => json!({}),
-            Ok(_) => serde_json::from_str(&body).unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        };
-        route(request.method(), request.url(), &body, state)
+        match request.as_reader().read_to_string(&mut body) {
+            Ok(_) => route(request.method(), request.url(), &body, owner),
+            Err(e) => Err(ApiError::new(
+                400,
+                "invalid",
+                format!("unreadable body: {e}"),
+            )),
+        }
     } else {
-        Err(ApiError(
+        Err(ApiError::new(
             401,
-            "missing or wrong bearer token; set management.token in the config".to_owned(),
+            "unauthorized",
+            "missing or wrong bearer token; set management.token in the config",
         ))
     };
-    let (status, value) = match result {
-        Ok(v) => (200, v),
-        Err(ApiError(status, message)) => (status, json!({"error": message})),
+    let (status, text) = match result {
+        Ok(text) => (200, text),
+        Err(ApiError(status, answer)) => (
+            status,
+            serde_json::to_string(&answer).unwrap_or_else(|_| "{}".to_owned()),
+        ),
     };
-    let mut response = Response::from_string(value.to_string()).with_status_code(status);
+    let mut response = Response::from_string(text).with_status_code(status);
     if let Ok(h) = Header::from_bytes("Content-Type", "application/json") {
         response = response.with_header(h);
     }
     let _ = request.respond(response);
 }
 
-fn field_i64(body: &Value, name: &str) -> Result<i64, ApiError> {
-    body.get(name)
-        .and_then(Value::as_i64)
-        .ok_or_else(|| ApiError(400, format!("the request needs a numeric {name:?}")))
+fn parse<T: DeserializeOwned>(body: &str) -> Result<T, ApiError> {
+    let body = if body.trim().is_empty() { "{}" } else { body };
+    serde_json::from_str(body)
+        .map_err(|e| ApiError::new(400, "invalid", format!("malformed request body: {e}")))
+}
+
+fn answer<T: Serialize>(value: &T) -> Result<String, ApiError> {
+    serde_json::to_string(value).map_err(|e| ApiError::new(500, "failed", e.to_string()))
 }
 
 fn route(
     method: &Method,
     url: &str,
-    body: &Value,
-    state: &ManagementState,
-) -> Result<Value, ApiError> {
-    let m = &state.manager;
+    body: &str,
+    owner: &dyn StoreOwner,
+) -> Result<String, ApiError> {
+    let ts = |timestamp| answer(&api::TimestampAnswer { timestamp });
     match (method, url) {
-        (Method::Get, "/v1/health") => Ok(json!({"status": "ok"})),
-        (Method::Post, "/v1/timestamp/fresh") => Ok(json!({"timestamp": m.fresh_timestamp()?})),
-        (Method::Post, "/v1/timestamp/immutable") => {
-            Ok(json!({"timestamp": m.immutable_timestamp()?}))
-        }
-        (Method::Post, "/v1/timestamp/fast-forward") => {
-            let target = field_i64(body, "timestamp")?;
-            match m
-                .timestamps()
-                .fast_forward(target)
-                .map_err(|e| ApiError(400, e.to_string()))?
-            {
-                FastForward::Advanced { to, .. } => Ok(json!({"advanced": true, "current": to})),
-                FastForward::AlreadyBeyond { current } => {
-                    Ok(json!({"advanced": false, "current": current}))
+        (Method::Get, api::HEALTH) => answer(&Health {
+            status: "ok".to_owned(),
+            owner: owner.describe(),
+        }),
+        (Method::Post, api::FRESH_TIMESTAMP) => ts(owner.fresh_timestamp()?),
+        (Method::Post, api::IMMUTABLE_TIMESTAMP) => ts(owner.immutable_timestamp()?),
+        (Method::Get, api::SWEEP_TIMESTAMP) => ts(owner.sweep_timestamp()?),
+        (Method::Post, api::LOCK_ACQUIRE) => {
+            let request: AcquireRequest = parse(body)?;
+            let lease = match request.lease_secs {
+                Some(secs) if secs == 0 || secs > api::MAX_LEASE_SECS => {
+                    return Err(ApiError::new(
+                        400,
+                        "invalid",
+                        format!("lease_secs must be in 1..={}", api::MAX_LEASE_SECS),
+                    ))
                 }
-            }
-        }
-        (Method::Post, "/v1/backup-lock/acquire") => {
-            let reason = body
-                .get("reason")
-                .and_then(Value::as_str)
-                .unwrap_or("backup");
-            let holder = body
-                .get("holder")
-                .and_then(Value::as_str)
-                .unwrap_or("management API");
-            let lease = body
-                .get("lease_secs")
-                .and_then(Value::as_u64)
-                .map(Duration::from_secs);
-            let held =
-                state
-                    .backup_lock
-                    .acquire(holder, reason, lease, Duration::from_secs(120))?;
-            Ok(holder_json(&held))
-        }
-        (Method::Post, "/v1/backup-lock/release") => Ok(holder_json(&state.backup_lock.release()?)),
-        (Method::Get, "/v1/backup-lock/status") => {
-            let s = state.backup_lock.status()?;
-            Ok(json!({
-                "held": s.held.as_ref().map(holder_json),
-                "expired": s.expired.as_ref().map(holder_json),
-                "deletions_in_flight": s.deletions_in_flight,
-            }))
-        }
-        (Method::Post, "/v1/checkpoint") => {
-            let dir = body
-                .get("dir")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError(400, "the request needs a \"dir\"".to_owned()))?;
-            m.kvs()
-                .checkpoint(&PathBuf::from(dir))
-                .map_err(|e| ApiError(409, e.to_string()))?;
-            Ok(json!({"dir": dir}))
-        }
-        (Method::Get, "/v1/sweep/status") => {
-            let mut tables = Vec::new();
-            for table in m
-                .kvs()
-                .list_tables()
-                .map_err(|e| ApiError(500, e.to_string()))?
-            {
-                if table.namespace().is_empty() {
-                    continue;
-                }
-                let next = state.sweeper.progress(&table)?;
-                tables.push(json!({
-                    "table": table.qualified_name(),
-                    "strategy": format!("{:?}", m.table_metadata(&table)?.sweep_strategy),
-                    "in_progress": next.is_some(),
-                }));
-            }
-            Ok(json!({"sweep_ts": state.sweeper.sweep_timestamp()?, "tables": tables}))
-        }
-        (Method::Post, "/v1/sweep") => {
-            let dry_run = body
-                .get("dry_run")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let reports = match body.get("table").and_then(Value::as_str) {
-                Some(name) => {
-                    let table = TableRef::parse(name).map_err(|e| ApiError(400, e.to_string()))?;
-                    vec![state.sweeper.sweep_table(&table, dry_run)?]
-                }
-                None => state.sweeper.sweep_all(dry_run)?,
+                other => other.map(Duration::from_secs),
             };
-            Ok(Value::Array(
-                reports
-                    .iter()
-                    .map(|r| {
-                        json!({
-                            "table": r.table.as_ref().map(TableRef::qualified_name),
-                            "sweep_ts": r.sweep_ts,
-                            "cells_examined": r.cells_examined,
-                            "versions_deleted": r.versions_deleted,
-                            "paused_by_backup_lock": r.paused_by_backup_lock,
-                            "complete": r.complete,
-                            "dry_run": r.dry_run,
-                        })
-                    })
-                    .collect(),
-            ))
+            answer(&owner.acquire_backup_lock(&request.holder, &request.reason, lease)?)
         }
-        _ => Err(ApiError(404, format!("no such endpoint: {method} {url}"))),
+        (Method::Post, api::LOCK_RELEASE) => answer(&owner.release_backup_lock()?),
+        (Method::Get, api::LOCK_STATUS) => answer(&owner.backup_lock_status()?),
+        (Method::Post, api::SNAPSHOT) => {
+            let request: SnapshotRequest = parse(body)?;
+            let dir = Path::new(&request.dir);
+            if !dir.is_absolute() {
+                return Err(ApiError::new(
+                    400,
+                    "invalid",
+                    "the snapshot dir must be an absolute path",
+                ));
+            }
+            answer(&owner.snapshot(dir)?)
+        }
+        (Method::Post, api::SWEEP) => {
+            let request: SweepRequest = parse(body)?;
+            answer(&owner.sweep(request.table.as_deref(), request.dry_run)?)
+        }
+        _ => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("no such endpoint: {method} {url}"),
+        )),
     }
 }

@@ -13,12 +13,15 @@
 mod clock;
 mod locks;
 mod timestamps;
+pub mod wire;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use locks::{
-    InProcessLockService, LockDescriptor, LockError, LockService, LockToken, DEFAULT_LEASE,
+    InProcessLockService, LockDescriptor, LockError, LockService, LockToken, StartError,
+    DEFAULT_LEASE,
 };
 pub use timestamps::{
-    FastForward, PersistentTimestampService, TimestampError, TimestampRange, TimestampService,
-    MAX_TIMESTAMPS_PER_REQUEST, TIMESTAMP_BOUND_BUFFER, TIMESTAMP_TABLE,
+    claim_for_timelock, AllocatorOptions, FastForward, PersistentTimestampService, TimestampError,
+    TimestampRange, TimestampService, ALLOCATOR_LEASE, MAX_TIMESTAMPS_PER_REQUEST,
+    TIMESTAMP_BOUND_BUFFER, TIMESTAMP_TABLE,
 };

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ortelius_kvs::{Cell, TableRef, Timestamp};
 
 use crate::clock::{Clock, SystemClock};
+use crate::timestamps::{TimestampError, TimestampService};
 
 /// How long a token stays valid after its last refresh, by default.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(20);
@@ -57,11 +58,27 @@ impl LockDescriptor {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// A descriptor from bytes made by one of the constructors (received over the wire).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
 }
 
 /// A grant of locks (or of an immutable-timestamp lock).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LockToken(u64);
+
+impl LockToken {
+    /// A token from its number (lock services other than the in-process one mint their own).
+    pub fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LockError {
@@ -74,6 +91,17 @@ pub enum LockError {
     },
     #[error("the lock service's state lock was poisoned by a panic")]
     Poisoned,
+    /// The lock service cannot be reached or lost its state (a leader change): nothing was
+    /// taken, and tokens it granted before may be gone.
+    #[error("lock service unavailable (try again): {0}")]
+    Unavailable(String),
+}
+
+impl LockError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 /// Exclusive, leased locks and immutable-timestamp tracking.
@@ -99,6 +127,34 @@ pub trait LockService: Send + Sync {
     fn lock_immutable_timestamp(&self, ts: Timestamp) -> Result<LockToken, LockError>;
     /// The smallest timestamp held by a valid immutable-timestamp lock, if any.
     fn min_locked_timestamp(&self) -> Result<Option<Timestamp>, LockError>;
+
+    /// Starts a write transaction: locks a fresh timestamp as its immutable-timestamp guard,
+    /// *then* takes its start timestamp, so no sweep can pass the start while it runs. Returns
+    /// the guard's token and the start timestamp. A remote authority does both in one round
+    /// trip; this default makes the three calls in order.
+    fn start_transaction(
+        &self,
+        timestamps: &dyn TimestampService,
+    ) -> Result<(LockToken, Timestamp), StartError> {
+        let guard_ts = timestamps.fresh_timestamp()?;
+        let token = self.lock_immutable_timestamp(guard_ts)?;
+        match timestamps.fresh_timestamp() {
+            Ok(start_ts) => Ok((token, start_ts)),
+            Err(e) => {
+                let _ = self.unlock(&[token]);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Why a transaction could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Timestamp(#[from] TimestampError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 struct Grant {

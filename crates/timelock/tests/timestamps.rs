@@ -99,7 +99,7 @@ fn failed_bound_write_hands_out_nothing_and_a_retry_works() {
     kvs.inject("check_and_set", None, FaultTiming::Before, 1);
     assert!(matches!(
         ts.fresh_timestamp(),
-        Err(TimestampError::Storage(_))
+        Err(TimestampError::Unavailable(_))
     ));
     let t = ts.fresh_timestamp().unwrap();
     assert_eq!(t, 1);

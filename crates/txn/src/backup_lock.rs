@@ -45,7 +45,7 @@ impl WallClock for SystemWallClock {
 }
 
 /// Who holds the lock, why, since when, and until when.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BackupLockHolder {
     pub holder: String,
     pub reason: String,
@@ -61,7 +61,7 @@ impl BackupLockHolder {
 }
 
 /// What `status` reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BackupLockStatus {
     /// The holder, if the lock is held and its lease (if any) has not run out.
     pub held: Option<BackupLockHolder>,

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 
 use ortelius_kvs::{
-    Cell, CellWrites, KvsError, TableRef, Timestamp, MAX_READ_TS, SWEEP_SENTINEL_TS,
+    Cell, CellWrites, ErrorClass, KvsError, TableRef, Timestamp, MAX_READ_TS, SWEEP_SENTINEL_TS,
 };
 use ortelius_timelock::{LockDescriptor, LockError, LockToken};
 
@@ -267,6 +267,9 @@ pub(crate) fn put_commit_record(txn: &Transaction, commit_ts: Timestamp) -> TxnR
                 }),
             }
         }
+        // The store says the write never happened (e.g. the connection was lost before the
+        // request went out): nothing is committed, and the caller may retry.
+        Err(source) if source.class() == ErrorClass::Transient => Err(source.into()),
         Err(source) => Err(TxnError::CommitOutcomeUnknown {
             start_ts: txn.start_ts,
             commit_ts,

@@ -1,6 +1,6 @@
 //! Transaction errors and their retry classification.
 
-use ortelius_kvs::{Cell, KvsError, TableRef, Timestamp};
+use ortelius_kvs::{Cell, ErrorClass, KvsError, TableRef, Timestamp};
 use ortelius_timelock::{LockError, TimestampError};
 
 /// What a caller may do after an error.
@@ -96,6 +96,15 @@ impl TxnError {
             | Self::ReadTimeout { .. }
             | Self::TooManyPostFilterRounds { .. } => RetryClass::Retriable,
             Self::CommitOutcomeUnknown { .. } => RetryClass::CommitOutcomeUnknown,
+            // Outside the commit record (which is wrapped in `CommitOutcomeUnknown` above), a
+            // store failure leaves nothing committed: a transient one is worth retrying, and a
+            // write whose reply was lost only left data no commit record points to.
+            Self::Store(e) => match e.class() {
+                ErrorClass::Transient | ErrorClass::MaybeApplied => RetryClass::Retriable,
+                ErrorClass::Permanent => RetryClass::NotRetriable,
+            },
+            Self::Timestamp(e) if e.is_transient() => RetryClass::Retriable,
+            Self::Lock(e) if e.is_transient() => RetryClass::Retriable,
             Self::RetriesExhausted { last, .. } => match last.retry_class() {
                 RetryClass::CommitOutcomeUnknown => RetryClass::CommitOutcomeUnknown,
                 _ => RetryClass::NotRetriable,

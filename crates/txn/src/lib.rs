@@ -29,6 +29,8 @@ mod manager;
 mod metadata;
 mod punch;
 mod reader;
+#[cfg(feature = "suite")]
+pub mod suite;
 mod sweep;
 mod transaction;
 mod txn_table;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use ortelius_kvs::{KeyValueService, TableRef, Timestamp};
 use ortelius_timelock::{
-    InProcessLockService, LockService, LockToken, PersistentTimestampService, TimestampService,
+    InProcessLockService, LockService, LockToken, PersistentTimestampService, StartError,
+    TimestampService,
 };
 
 use crate::backup_lock::{SystemWallClock, WallClock};
@@ -137,6 +138,9 @@ impl TransactionManager {
         config: TransactionConfig,
         wall_clock: Arc<dyn WallClock>,
     ) -> TxnResult<Self> {
+        // A store whose restore has not finished may hold commits after the backup timestamp
+        // and a timestamp bound below them: nothing may run on it yet.
+        ortelius_kvs::snapshot::ensure_no_unfinished_restore(&*kvs, kvs.backend_name())?;
         let puncher = Puncher::new(kvs.clone(), wall_clock)?;
         let txns = TransactionsTable::new(kvs.clone(), config.commit_ts_cache_size)?;
         Ok(Self {
@@ -285,25 +289,18 @@ impl TransactionManager {
     /// Starts a write transaction: locks a fresh timestamp as its immutable-timestamp guard,
     /// *then* takes its start timestamp (so no sweep can pass the start while it runs).
     pub fn begin(&self, isolation: Isolation) -> TxnResult<Transaction> {
-        let guard_ts = self.inner.timestamps.fresh_timestamp()?;
-        let token = self
+        let (token, start_ts) = self
             .inner
             .locks
-            .lock_immutable_timestamp(guard_ts)
-            .map_err(TxnError::Lock)?;
+            .start_transaction(&*self.inner.timestamps)
+            .map_err(|e| match e {
+                StartError::Timestamp(e) => TxnError::Timestamp(e),
+                StartError::Lock(e) => TxnError::Lock(e),
+            })?;
         if let Ok(mut guards) = self.inner.open_guards.lock() {
             guards.insert(token);
         }
-        match self.inner.timestamps.fresh_timestamp() {
-            Ok(start_ts) => Ok(self.transaction(start_ts, Some(token), false, isolation)),
-            Err(e) => {
-                if let Ok(mut guards) = self.inner.open_guards.lock() {
-                    guards.remove(&token);
-                }
-                let _ = self.inner.locks.unlock(&[token]);
-                Err(e.into())
-            }
-        }
+        Ok(self.transaction(start_ts, Some(token), false, isolation))
     }
 
     /// Starts a read-only transaction: no locks; writes fail.

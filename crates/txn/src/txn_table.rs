@@ -122,6 +122,17 @@ pub struct TransactionsTable {
     cache: StatusCache,
 }
 
+fn decode_start(row: &[u8]) -> KvsResult<Timestamp> {
+    <[u8; 8]>::try_from(row)
+        .map(i64::from_be_bytes)
+        .map_err(|_| KvsError::Corruption {
+            detail: format!(
+                "transactions-table row {} is not 8 bytes",
+                row.escape_ascii()
+            ),
+        })
+}
+
 fn table_ref() -> TableRef {
     // A constant, valid name: construction cannot fail.
     TableRef::system(TRANSACTIONS_TABLE).unwrap_or_else(|_| unreachable!("valid system table name"))
@@ -203,6 +214,12 @@ impl TransactionsTable {
         Ok(())
     }
 
+    /// Decodes one stored entry (row = start timestamp), e.g. read from a raw snapshot.
+    pub fn decode_entry(cell: &Cell, value: &[u8]) -> KvsResult<(Timestamp, TxnStatus)> {
+        let start = decode_start(cell.row())?;
+        Ok((start, TxnStatus::decode(start, value)?))
+    }
+
     /// Calls `f` with every decided transaction in start order (a whole-table scan that never
     /// loads the table at once). Fails on a malformed entry.
     pub fn scan(&self, mut f: impl FnMut(Timestamp, TxnStatus) -> KvsResult<()>) -> KvsResult<u64> {
@@ -212,14 +229,7 @@ impl TransactionsTable {
             .get_range(&self.table, &RangeRequest::all(), MAX_READ_TS)?
         {
             let row = row?;
-            let start = <[u8; 8]>::try_from(row.row.as_slice())
-                .map(i64::from_be_bytes)
-                .map_err(|_| KvsError::Corruption {
-                    detail: format!(
-                        "transactions-table row {} is not 8 bytes",
-                        row.row.escape_ascii()
-                    ),
-                })?;
+            let start = decode_start(&row.row)?;
             for value in row.columns.values() {
                 f(start, TxnStatus::decode(start, &value.contents)?)?;
             }

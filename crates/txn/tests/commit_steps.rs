@@ -2,12 +2,9 @@
 //! commit (so removing or reordering any step fails here), and the failure path of each step.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cell, config};
 use ortelius_kvs::memory::MemoryKvs;
 use ortelius_kvs::testing::{CallLog, FaultTiming, RecordingKvs};
 use ortelius_kvs::{TableRef, Timestamp};
@@ -15,6 +12,7 @@ use ortelius_timelock::{
     FastForward, InProcessLockService, LockDescriptor, LockError, LockService, LockToken,
     ManualClock, PersistentTimestampService, TimestampError, TimestampRange, TimestampService,
 };
+use ortelius_txn::suite::common::{cell, config};
 use ortelius_txn::{
     ConflictHandler, Isolation, RetryClass, TableMetadata, TransactionManager, TxnError, TxnStatus,
 };
@@ -285,8 +283,9 @@ fn a_failed_commit_record_write_is_outcome_unknown_and_readers_later_roll_it_bac
     let txns = TableRef::system("_transactions").unwrap();
     let txn = s.manager.begin(Isolation::Snapshot).unwrap();
     txn.put(&s.table, &cell("r", "c"), b"v".to_vec()).unwrap();
+    // A failure of unknown cause: it may or may not have been applied.
     s.kvs
-        .inject("put_unless_exists", Some(&txns), FaultTiming::Before, 1);
+        .inject("put_unless_exists", Some(&txns), FaultTiming::Broken, 1);
     let err = txn.commit().unwrap_err();
     assert_eq!(err.retry_class(), RetryClass::CommitOutcomeUnknown);
     // Its locks are gone, so the next reader decides: aborted.
@@ -304,6 +303,37 @@ fn a_failed_commit_record_write_is_outcome_unknown_and_readers_later_roll_it_bac
         .load_uncached(&[txn.start_ts()])
         .unwrap();
     assert_eq!(status.get(&txn.start_ts()), Some(&TxnStatus::Aborted));
+}
+
+#[test]
+fn a_commit_record_that_never_reached_the_store_is_retriable_and_aborts_itself() {
+    let s = setup(ConflictHandler::RetryOnWriteWrite);
+    let txns = TableRef::system("_transactions").unwrap();
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    txn.put(&s.table, &cell("r", "c"), b"v".to_vec()).unwrap();
+    // The store says the write was not applied (e.g. the connection broke before sending).
+    s.kvs
+        .inject("put_unless_exists", Some(&txns), FaultTiming::Before, 1);
+    let err = txn.commit().unwrap_err();
+    assert_eq!(err.retry_class(), RetryClass::Retriable, "{err}");
+    // It recorded its own abort at once: readers need not wait for its locks.
+    let status = s
+        .manager
+        .transactions_table()
+        .load_uncached(&[txn.start_ts()])
+        .unwrap();
+    assert_eq!(status.get(&txn.start_ts()), Some(&TxnStatus::Aborted));
+    // And `run` retries it to success.
+    s.kvs
+        .inject("put_unless_exists", Some(&txns), FaultTiming::Before, 1);
+    let mut attempts = 0;
+    s.manager
+        .run(|t| {
+            attempts += 1;
+            t.put(&s.table, &cell("r", "d"), b"x".to_vec())
+        })
+        .unwrap();
+    assert_eq!(attempts, 2);
 }
 
 #[test]

@@ -1,37 +1,17 @@
 //! Sweep on every backend (compare AtlasDB's AbstractSweepTest / SweepTaskRunner tests), its
 //! interplay with the backup lock, progress persistence, and the timestamps that bound it.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
-use ortelius_kvs::{Cell, TableRef, Timestamp, MAX_READ_TS};
-use ortelius_timelock::{InProcessLockService, PersistentTimestampService};
-use ortelius_txn::{
+use super::common::*;
+use crate::{
     BackupLock, ConflictHandler, SweepConfig, SweepStrategy, Sweeper, SystemWallClock,
     TableMetadata, TransactionManager, TxnError, TxnStatus, WallClock,
 };
-
-on_every_backend!(
-    conservative_sweep_keeps_the_newest_committed_version_and_a_sentinel,
-    the_only_version_is_never_swept,
-    versions_committed_at_or_after_the_sweep_timestamp_are_untouched,
-    thorough_sweep_keeps_only_the_newest_version_and_no_sentinel,
-    a_deleted_cell_vanishes_under_thorough_and_keeps_its_tombstone_under_conservative,
-    many_versions_of_many_rows_are_swept_across_pages,
-    tables_marked_nothing_are_never_swept,
-    sweeping_an_already_swept_table_deletes_nothing,
-    sweep_stops_while_the_backup_lock_is_held_and_resumes_after_release,
-    progress_is_persisted_so_a_new_sweeper_resumes,
-    a_dry_run_reports_without_deleting,
-    the_sweep_timestamp_never_exceeds_the_unreadable_timestamp,
-    read_only_transactions_time_out,
-    the_background_sweeper_cleans_a_table,
-);
+use ortelius_kvs::{Cell, TableRef, Timestamp, MAX_READ_TS};
+use ortelius_timelock::{InProcessLockService, PersistentTimestampService};
 
 fn strategy_table(m: &TransactionManager, name: &str, sweep_strategy: SweepStrategy) -> TableRef {
     let t = TableRef::new("test", name).unwrap();
@@ -72,7 +52,7 @@ fn setup(store: &Store, config: SweepConfig) -> (TransactionManager, Sweeper) {
     (m, sweeper)
 }
 
-fn conservative_sweep_keeps_the_newest_committed_version_and_a_sentinel(store: &Store) {
+pub fn conservative_sweep_keeps_the_newest_committed_version_and_a_sentinel(store: &Store) {
     let (m, s) = setup(store, SweepConfig::default());
     let t = strategy_table(&m, "t", SweepStrategy::Conservative);
     put(&m, &t, "r", "old", 50);
@@ -92,7 +72,7 @@ fn conservative_sweep_keeps_the_newest_committed_version_and_a_sentinel(store: &
     assert_eq!(below[&cell("r", "c")].timestamp, -1);
 }
 
-fn the_only_version_is_never_swept(store: &Store) {
+pub fn the_only_version_is_never_swept(store: &Store) {
     let (m, s) = setup(store, SweepConfig::default());
     let t = strategy_table(&m, "t", SweepStrategy::Conservative);
     put(&m, &t, "r", "only", 50);
@@ -103,7 +83,7 @@ fn the_only_version_is_never_swept(store: &Store) {
     assert_eq!(left(&m, &t, "r"), vec![50]);
 }
 
-fn versions_committed_at_or_after_the_sweep_timestamp_are_untouched(store: &Store) {
+pub fn versions_committed_at_or_after_the_sweep_timestamp_are_untouched(store: &Store) {
     let (m, s) = setup(store, SweepConfig::default());
     let t = strategy_table(&m, "t", SweepStrategy::Conservative);
     put(&m, &t, "r", "visible at 150", 50);
@@ -135,7 +115,7 @@ fn versions_committed_at_or_after_the_sweep_timestamp_are_untouched(store: &Stor
     );
 }
 
-fn thorough_sweep_keeps_only_the_newest_version_and_no_sentinel(store: &Store) {
+pub fn thorough_sweep_keeps_only_the_newest_version_and_no_sentinel(store: &Store) {
     let (m, s) = setup(store, SweepConfig::default());
     let t = strategy_table(&m, "t", SweepStrategy::Thorough);
     put(&m, &t, "r", "old", 50);
@@ -144,7 +124,7 @@ fn thorough_sweep_keeps_only_the_newest_version_and_no_sentinel(store: &Store) {
     assert_eq!(left(&m, &t, "r"), vec![100]);
 }
 
-fn a_deleted_cell_vanishes_under_thorough_and_keeps_its_tombstone_under_conservative(
+pub fn a_deleted_cell_vanishes_under_thorough_and_keeps_its_tombstone_under_conservative(
     store: &Store,
 ) {
     let (m, s) = setup(store, SweepConfig::default());
@@ -172,7 +152,7 @@ fn a_deleted_cell_vanishes_under_thorough_and_keeps_its_tombstone_under_conserva
     }
 }
 
-fn many_versions_of_many_rows_are_swept_across_pages(store: &Store) {
+pub fn many_versions_of_many_rows_are_swept_across_pages(store: &Store) {
     let (m, s) = setup(
         store,
         SweepConfig {
@@ -202,7 +182,7 @@ fn many_versions_of_many_rows_are_swept_across_pages(store: &Store) {
     }
 }
 
-fn tables_marked_nothing_are_never_swept(store: &Store) {
+pub fn tables_marked_nothing_are_never_swept(store: &Store) {
     let (m, s) = setup(store, SweepConfig::default());
     let t = strategy_table(&m, "t", SweepStrategy::Nothing);
     put(&m, &t, "r", "old", 50);
@@ -219,7 +199,7 @@ fn tables_marked_nothing_are_never_swept(store: &Store) {
     ));
 }
 
-fn sweeping_an_already_swept_table_deletes_nothing(store: &Store) {
+pub fn sweeping_an_already_swept_table_deletes_nothing(store: &Store) {
     let (m, s) = setup(store, SweepConfig::default());
     let t = strategy_table(&m, "t", SweepStrategy::Conservative);
     put(&m, &t, "r", "old", 50);
@@ -229,7 +209,7 @@ fn sweeping_an_already_swept_table_deletes_nothing(store: &Store) {
     assert_eq!((again.versions_deleted, again.sentinels_added), (0, 0));
 }
 
-fn sweep_stops_while_the_backup_lock_is_held_and_resumes_after_release(store: &Store) {
+pub fn sweep_stops_while_the_backup_lock_is_held_and_resumes_after_release(store: &Store) {
     let (m, s) = setup(store, SweepConfig::default());
     let t = strategy_table(&m, "t", SweepStrategy::Conservative);
     put(&m, &t, "r", "old", 50);
@@ -249,7 +229,7 @@ fn sweep_stops_while_the_backup_lock_is_held_and_resumes_after_release(store: &S
     assert!(resumed.complete && resumed.versions_deleted == 1);
 }
 
-fn progress_is_persisted_so_a_new_sweeper_resumes(store: &Store) {
+pub fn progress_is_persisted_so_a_new_sweeper_resumes(store: &Store) {
     let (m, s) = setup(
         store,
         SweepConfig {
@@ -289,7 +269,7 @@ fn progress_is_persisted_so_a_new_sweeper_resumes(store: &Store) {
     );
 }
 
-fn a_dry_run_reports_without_deleting(store: &Store) {
+pub fn a_dry_run_reports_without_deleting(store: &Store) {
     let (m, s) = setup(store, SweepConfig::default());
     let t = strategy_table(&m, "t", SweepStrategy::Conservative);
     put(&m, &t, "r", "old", 50);
@@ -317,7 +297,7 @@ impl WallClock for ManualWallClock {
     }
 }
 
-fn the_sweep_timestamp_never_exceeds_the_unreadable_timestamp(store: &Store) {
+pub fn the_sweep_timestamp_never_exceeds_the_unreadable_timestamp(store: &Store) {
     let clock = Arc::new(ManualWallClock::default());
     let timestamps = Arc::new(PersistentTimestampService::new(store.kvs.clone()).unwrap());
     let m = TransactionManager::with_wall_clock(
@@ -351,8 +331,8 @@ fn the_sweep_timestamp_never_exceeds_the_unreadable_timestamp(store: &Store) {
     );
 }
 
-fn read_only_transactions_time_out(store: &Store) {
-    let cfg = ortelius_txn::TransactionConfig {
+pub fn read_only_transactions_time_out(store: &Store) {
+    let cfg = crate::TransactionConfig {
         read_timeout: Duration::from_millis(50),
         ..config()
     };
@@ -363,11 +343,11 @@ fn read_only_transactions_time_out(store: &Store) {
     std::thread::sleep(Duration::from_millis(80));
     let err = ro.get_one(&t, &cell("r", "c")).unwrap_err();
     assert!(matches!(err, TxnError::ReadTimeout { .. }), "{err}");
-    assert_eq!(err.retry_class(), ortelius_txn::RetryClass::Retriable);
+    assert_eq!(err.retry_class(), crate::RetryClass::Retriable);
 }
 
-fn the_background_sweeper_cleans_a_table(store: &Store) {
-    let cfg = ortelius_txn::TransactionConfig {
+pub fn the_background_sweeper_cleans_a_table(store: &Store) {
+    let cfg = crate::TransactionConfig {
         read_timeout: Duration::ZERO,
         ..config()
     };
@@ -396,6 +376,6 @@ fn the_background_sweeper_cleans_a_table(store: &Store) {
     }
     drop(background);
     // (A read-only transaction would time out at once with a zero read timeout.)
-    let txn = m.begin(ortelius_txn::Isolation::Snapshot).unwrap();
+    let txn = m.begin(crate::Isolation::Snapshot).unwrap();
     assert_eq!(read_u64(&txn, &t, &cell("r", "c")).unwrap(), Some(4));
 }

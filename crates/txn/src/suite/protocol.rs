@@ -1,48 +1,16 @@
 //! Transaction protocol behaviour on every backend: visibility, conflicts, rollbacks of other
 //! transactions, commit outcomes, read-only and serializable transactions.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use super::common::*;
+use crate::{ConflictHandler, Isolation, RetryClass, TxnError, TxnStatus};
 use ortelius_kvs::{
     ColumnRange, ColumnSelection, KvsError, RangeRequest, RowRange, TableRef, Value,
     SWEEP_SENTINEL_TS,
 };
-use ortelius_txn::{ConflictHandler, Isolation, RetryClass, TxnError, TxnStatus};
 
-on_every_backend!(
-    reads_see_own_writes_and_deletes,
-    uncommitted_writes_are_invisible_to_others,
-    reads_are_repeatable_within_a_transaction,
-    snapshot_sees_exactly_commits_before_start,
-    second_committer_of_a_cell_fails_whatever_the_start_order,
-    disjoint_cells_of_one_row_do_not_conflict,
-    ignore_all_tables_let_the_last_writer_win,
-    reader_rolls_back_abandoned_writer,
-    reader_waits_for_a_committing_writer_instead_of_rolling_it_back,
-    write_conflict_check_rolls_back_abandoned_writer,
-    range_scan_merges_own_writes_and_hides_uncommitted_data,
-    range_scan_streams_many_rows_in_both_directions,
-    get_rows_and_column_ranges_include_own_writes,
-    sweep_sentinel_read_is_retriable_and_orphaned_sentinel_is_ignored,
-    immutable_timestamp_lies_below_running_transactions,
-    read_only_transactions_refuse_writes,
-    bad_writes_are_refused,
-    closed_transactions_refuse_use,
-    transaction_rolled_back_by_another_fails_to_commit,
-    write_skew_is_possible_under_snapshot_isolation,
-    write_skew_is_refused_under_serializable,
-    serializable_table_validates_reads_without_serializable_mode,
-    phantom_row_in_scanned_range_fails_serializable_commit,
-    read_only_serializable_transactions_never_conflict,
-    runner_retries_conflicts_and_not_application_errors,
-    cleaning_transactions_from_a_backup_timestamp_hides_exactly_later_commits,
-);
-
-fn reads_see_own_writes_and_deletes(store: &Store) {
+pub fn reads_see_own_writes_and_deletes(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     put_u64(&m, &t, &cell("a", "x"), 1);
@@ -64,7 +32,7 @@ fn reads_see_own_writes_and_deletes(store: &Store) {
     assert_eq!(read_u64(&ro, &t, &cell("b", "y")).unwrap(), Some(3));
 }
 
-fn uncommitted_writes_are_invisible_to_others(store: &Store) {
+pub fn uncommitted_writes_are_invisible_to_others(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     let writer = m.begin(Isolation::Snapshot).unwrap();
@@ -83,7 +51,7 @@ fn uncommitted_writes_are_invisible_to_others(store: &Store) {
     );
 }
 
-fn reads_are_repeatable_within_a_transaction(store: &Store) {
+pub fn reads_are_repeatable_within_a_transaction(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     put_u64(&m, &t, &cell("a", "x"), 1);
@@ -100,7 +68,7 @@ fn reads_are_repeatable_within_a_transaction(store: &Store) {
     );
 }
 
-fn snapshot_sees_exactly_commits_before_start(store: &Store) {
+pub fn snapshot_sees_exactly_commits_before_start(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     for v in 1..=5u64 {
@@ -111,7 +79,7 @@ fn snapshot_sees_exactly_commits_before_start(store: &Store) {
     assert_eq!(read_u64(&txn, &t, &cell("a", "x")).unwrap(), Some(5));
 }
 
-fn second_committer_of_a_cell_fails_whatever_the_start_order(store: &Store) {
+pub fn second_committer_of_a_cell_fails_whatever_the_start_order(store: &Store) {
     let m = manager(store);
     for handler in [
         ConflictHandler::RetryOnWriteWrite,
@@ -141,7 +109,7 @@ fn second_committer_of_a_cell_fails_whatever_the_start_order(store: &Store) {
     }
 }
 
-fn disjoint_cells_of_one_row_do_not_conflict(store: &Store) {
+pub fn disjoint_cells_of_one_row_do_not_conflict(store: &Store) {
     let m = manager(store);
     for handler in [
         ConflictHandler::RetryOnWriteWrite,
@@ -157,7 +125,7 @@ fn disjoint_cells_of_one_row_do_not_conflict(store: &Store) {
     }
 }
 
-fn ignore_all_tables_let_the_last_writer_win(store: &Store) {
+pub fn ignore_all_tables_let_the_last_writer_win(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::IgnoreAll);
     let a = m.begin(Isolation::Snapshot).unwrap();
@@ -171,7 +139,7 @@ fn ignore_all_tables_let_the_last_writer_win(store: &Store) {
 /// Writes `value` at a fresh start timestamp straight into the store, as a writer that died
 /// before its commit record would leave it.
 fn abandoned_write(
-    m: &ortelius_txn::TransactionManager,
+    m: &crate::TransactionManager,
     t: &TableRef,
     c: &ortelius_kvs::Cell,
     value: &[u8],
@@ -183,7 +151,7 @@ fn abandoned_write(
     start
 }
 
-fn reader_rolls_back_abandoned_writer(store: &Store) {
+pub fn reader_rolls_back_abandoned_writer(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     put_u64(&m, &t, &cell("a", "x"), 1);
@@ -202,7 +170,7 @@ fn reader_rolls_back_abandoned_writer(store: &Store) {
     );
 }
 
-fn reader_waits_for_a_committing_writer_instead_of_rolling_it_back(store: &Store) {
+pub fn reader_waits_for_a_committing_writer_instead_of_rolling_it_back(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     let txns = m.transactions_table();
@@ -232,7 +200,7 @@ fn reader_waits_for_a_committing_writer_instead_of_rolling_it_back(store: &Store
     });
 }
 
-fn write_conflict_check_rolls_back_abandoned_writer(store: &Store) {
+pub fn write_conflict_check_rolls_back_abandoned_writer(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     let dead = abandoned_write(&m, &t, &cell("a", "x"), b"garbage");
@@ -251,7 +219,7 @@ fn write_conflict_check_rolls_back_abandoned_writer(store: &Store) {
     );
 }
 
-fn rows_of(scan: ortelius_txn::RangeScan<'_>) -> Vec<(String, Vec<String>)> {
+fn rows_of(scan: crate::RangeScan<'_>) -> Vec<(String, Vec<String>)> {
     scan.map(|r| {
         let r = r.unwrap();
         let cols = r
@@ -264,7 +232,7 @@ fn rows_of(scan: ortelius_txn::RangeScan<'_>) -> Vec<(String, Vec<String>)> {
     .collect()
 }
 
-fn range_scan_merges_own_writes_and_hides_uncommitted_data(store: &Store) {
+pub fn range_scan_merges_own_writes_and_hides_uncommitted_data(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     m.run(|txn| {
@@ -315,7 +283,7 @@ fn range_scan_merges_own_writes_and_hides_uncommitted_data(store: &Store) {
     drop(pending);
 }
 
-fn range_scan_streams_many_rows_in_both_directions(store: &Store) {
+pub fn range_scan_streams_many_rows_in_both_directions(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     for chunk in 0..5u32 {
@@ -351,7 +319,7 @@ fn range_scan_streams_many_rows_in_both_directions(store: &Store) {
     assert_eq!(first_three, vec![999, 998, 997]);
 }
 
-fn get_rows_and_column_ranges_include_own_writes(store: &Store) {
+pub fn get_rows_and_column_ranges_include_own_writes(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     m.run(|txn| {
@@ -382,7 +350,7 @@ fn get_rows_and_column_ranges_include_own_writes(store: &Store) {
     assert_eq!(rows[&cell("r", "bb")], b"mine");
 }
 
-fn sweep_sentinel_read_is_retriable_and_orphaned_sentinel_is_ignored(store: &Store) {
+pub fn sweep_sentinel_read_is_retriable_and_orphaned_sentinel_is_ignored(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     let old_reader = m.begin_read_only().unwrap();
@@ -403,7 +371,7 @@ fn sweep_sentinel_read_is_retriable_and_orphaned_sentinel_is_ignored(store: &Sto
     assert_eq!(read_u64(&fresh, &t, &cell("a", "x")).unwrap(), Some(1));
 }
 
-fn immutable_timestamp_lies_below_running_transactions(store: &Store) {
+pub fn immutable_timestamp_lies_below_running_transactions(store: &Store) {
     let m = manager(store);
     let before = m.fresh_timestamp().unwrap();
     let txn = m.begin(Isolation::Snapshot).unwrap();
@@ -417,7 +385,7 @@ fn immutable_timestamp_lies_below_running_transactions(store: &Store) {
     );
 }
 
-fn read_only_transactions_refuse_writes(store: &Store) {
+pub fn read_only_transactions_refuse_writes(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     let ro = m.begin_read_only().unwrap();
@@ -431,7 +399,7 @@ fn read_only_transactions_refuse_writes(store: &Store) {
     ));
 }
 
-fn bad_writes_are_refused(store: &Store) {
+pub fn bad_writes_are_refused(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     let txn = m.begin(Isolation::Snapshot).unwrap();
@@ -460,7 +428,7 @@ fn bad_writes_are_refused(store: &Store) {
     txn.commit().unwrap();
 }
 
-fn closed_transactions_refuse_use(store: &Store) {
+pub fn closed_transactions_refuse_use(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     let txn = m.begin(Isolation::Snapshot).unwrap();
@@ -486,7 +454,7 @@ fn closed_transactions_refuse_use(store: &Store) {
     );
 }
 
-fn transaction_rolled_back_by_another_fails_to_commit(store: &Store) {
+pub fn transaction_rolled_back_by_another_fails_to_commit(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     let txn = m.begin(Isolation::Snapshot).unwrap();
@@ -511,7 +479,7 @@ fn transaction_rolled_back_by_another_fails_to_commit(store: &Store) {
 /// itself off. Returns the two commit results.
 fn doctors(store: &Store, isolation: Isolation, handler: ConflictHandler) -> (bool, bool) {
     let m = manager(store);
-    let t = table(&m, "doctors", handler);
+    let t = table(&m, &format!("doctors_{handler:?}").to_lowercase(), handler);
     put_u64(&m, &t, &cell("alice", "on_call"), 1);
     put_u64(&m, &t, &cell("bob", "on_call"), 1);
     let a = m.begin(isolation).unwrap();
@@ -533,7 +501,7 @@ fn doctors(store: &Store, isolation: Isolation, handler: ConflictHandler) -> (bo
     )
 }
 
-fn write_skew_is_possible_under_snapshot_isolation(store: &Store) {
+pub fn write_skew_is_possible_under_snapshot_isolation(store: &Store) {
     assert_eq!(
         doctors(
             store,
@@ -545,7 +513,7 @@ fn write_skew_is_possible_under_snapshot_isolation(store: &Store) {
     );
 }
 
-fn write_skew_is_refused_under_serializable(store: &Store) {
+pub fn write_skew_is_refused_under_serializable(store: &Store) {
     assert_eq!(
         doctors(
             store,
@@ -556,15 +524,14 @@ fn write_skew_is_refused_under_serializable(store: &Store) {
     );
 }
 
-fn serializable_table_validates_reads_without_serializable_mode(store: &Store) {
+pub fn serializable_table_validates_reads_without_serializable_mode(store: &Store) {
     assert_eq!(
         doctors(store, Isolation::Snapshot, ConflictHandler::Serializable),
         (true, false)
     );
-    let other = memory();
     assert_eq!(
         doctors(
-            &other,
+            store,
             Isolation::Snapshot,
             ConflictHandler::SerializableCell
         ),
@@ -572,7 +539,7 @@ fn serializable_table_validates_reads_without_serializable_mode(store: &Store) {
     );
 }
 
-fn phantom_row_in_scanned_range_fails_serializable_commit(store: &Store) {
+pub fn phantom_row_in_scanned_range_fails_serializable_commit(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     let log = table(&m, "log", ConflictHandler::RetryOnWriteWrite);
@@ -604,7 +571,7 @@ fn phantom_row_in_scanned_range_fails_serializable_commit(store: &Store) {
     again.commit().unwrap();
 }
 
-fn read_only_serializable_transactions_never_conflict(store: &Store) {
+pub fn read_only_serializable_transactions_never_conflict(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::Serializable);
     put_u64(&m, &t, &cell("a", "x"), 1);
@@ -614,7 +581,7 @@ fn read_only_serializable_transactions_never_conflict(store: &Store) {
     reader.commit().unwrap();
 }
 
-fn runner_retries_conflicts_and_not_application_errors(store: &Store) {
+pub fn runner_retries_conflicts_and_not_application_errors(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     let mut attempts = 0;
@@ -634,17 +601,19 @@ fn runner_retries_conflicts_and_not_application_errors(store: &Store) {
     );
     let mut calls = 0;
     let err = m
-        .run(|_| -> ortelius_txn::TxnResult<()> {
+        .run(|_| -> crate::TxnResult<()> {
             calls += 1;
             Err(TxnError::application("insufficient funds"))
         })
         .unwrap_err();
     assert_eq!((calls, err.retry_class()), (1, RetryClass::NotRetriable));
-    let budget = ortelius_txn::TransactionConfig {
+    let budget = crate::TransactionConfig {
         max_retries: 3,
-        ..common::config()
+        ..super::common::config()
     };
-    let m = ortelius_txn::TransactionManager::embedded(store.kvs.clone(), budget.clone()).unwrap();
+    // One allocator per store at a time (a shared store refuses a second one).
+    drop(m);
+    let m = crate::TransactionManager::embedded(store.kvs.clone(), budget.clone()).unwrap();
     let mut tries = 0u32;
     let err = m
         .run(|_| {
@@ -661,7 +630,7 @@ fn runner_retries_conflicts_and_not_application_errors(store: &Store) {
     assert_eq!(tries, budget.max_retries + 1);
 }
 
-fn cleaning_transactions_from_a_backup_timestamp_hides_exactly_later_commits(store: &Store) {
+pub fn cleaning_transactions_from_a_backup_timestamp_hides_exactly_later_commits(store: &Store) {
     let m = manager(store);
     let t = table(&m, "t", ConflictHandler::RetryOnWriteWrite);
     put_u64(&m, &t, &cell("before", "x"), 1);

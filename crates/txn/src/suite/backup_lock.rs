@@ -1,27 +1,13 @@
 //! The backup lock's lifecycle on every backend: acquire, second acquire, release from another
 //! handle (another process, or a restored store), status, leases, and the guarantee that no
 //! deletion is in flight once `acquire` returns.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use ortelius_txn::{BackupLock, BackupLockError, SystemWallClock, WallClock};
-
-on_every_backend!(
-    the_lock_starts_open,
-    a_second_acquire_fails_and_names_the_holder,
-    another_handle_can_inspect_and_release_the_lock,
-    releasing_an_open_lock_says_so,
-    a_lease_lets_deletions_resume_and_shows_in_status,
-    acquire_waits_for_a_deletion_in_flight_and_blocks_new_ones,
-    a_crashed_deleter_blocks_acquire_only_until_its_lease_ends,
-    acquire_gives_up_and_releases_when_deletions_never_finish,
-);
+use super::common::*;
+use crate::{BackupLock, BackupLockError, SystemWallClock, WallClock};
 
 #[derive(Default)]
 struct ManualWallClock(AtomicU64);
@@ -38,7 +24,7 @@ fn lock(store: &Store) -> BackupLock {
 
 const WAIT: Duration = Duration::from_secs(5);
 
-fn the_lock_starts_open(store: &Store) {
+pub fn the_lock_starts_open(store: &Store) {
     let status = lock(store).status().unwrap();
     assert_eq!(
         (status.held, status.expired, status.deletions_in_flight),
@@ -46,7 +32,7 @@ fn the_lock_starts_open(store: &Store) {
     );
 }
 
-fn a_second_acquire_fails_and_names_the_holder(store: &Store) {
+pub fn a_second_acquire_fails_and_names_the_holder(store: &Store) {
     let l = lock(store);
     let held = l
         .acquire("ops@host1", "nightly backup", None, WAIT)
@@ -64,7 +50,7 @@ fn a_second_acquire_fails_and_names_the_holder(store: &Store) {
     ));
 }
 
-fn another_handle_can_inspect_and_release_the_lock(store: &Store) {
+pub fn another_handle_can_inspect_and_release_the_lock(store: &Store) {
     lock(store)
         .acquire("runbook step 1", "backup", None, WAIT)
         .unwrap();
@@ -79,14 +65,14 @@ fn another_handle_can_inspect_and_release_the_lock(store: &Store) {
     lock(store).acquire("again", "r", None, WAIT).unwrap();
 }
 
-fn releasing_an_open_lock_says_so(store: &Store) {
+pub fn releasing_an_open_lock_says_so(store: &Store) {
     assert!(matches!(
         lock(store).release(),
         Err(BackupLockError::NotHeld)
     ));
 }
 
-fn a_lease_lets_deletions_resume_and_shows_in_status(store: &Store) {
+pub fn a_lease_lets_deletions_resume_and_shows_in_status(store: &Store) {
     let clock = Arc::new(ManualWallClock::default());
     let l = BackupLock::new(store.kvs.clone(), clock.clone()).unwrap();
     let held = l
@@ -110,7 +96,7 @@ fn a_lease_lets_deletions_resume_and_shows_in_status(store: &Store) {
     l.acquire("next operator", "backup", None, WAIT).unwrap();
 }
 
-fn acquire_waits_for_a_deletion_in_flight_and_blocks_new_ones(store: &Store) {
+pub fn acquire_waits_for_a_deletion_in_flight_and_blocks_new_ones(store: &Store) {
     let l = lock(store);
     let permit = l.begin_deletion(Duration::from_secs(30)).unwrap();
     assert_eq!(l.status().unwrap().deletions_in_flight, 1);
@@ -138,7 +124,7 @@ fn acquire_waits_for_a_deletion_in_flight_and_blocks_new_ones(store: &Store) {
     assert_eq!(l.status().unwrap().deletions_in_flight, 0);
 }
 
-fn a_crashed_deleter_blocks_acquire_only_until_its_lease_ends(store: &Store) {
+pub fn a_crashed_deleter_blocks_acquire_only_until_its_lease_ends(store: &Store) {
     let l = lock(store);
     std::mem::forget(l.begin_deletion(Duration::from_millis(300)).unwrap()); // never finishes
     let started = Instant::now();
@@ -149,7 +135,7 @@ fn a_crashed_deleter_blocks_acquire_only_until_its_lease_ends(store: &Store) {
     );
 }
 
-fn acquire_gives_up_and_releases_when_deletions_never_finish(store: &Store) {
+pub fn acquire_gives_up_and_releases_when_deletions_never_finish(store: &Store) {
     let l = lock(store);
     let _permit = l.begin_deletion(Duration::from_secs(60)).unwrap();
     let err = l
@@ -164,24 +150,4 @@ fn acquire_gives_up_and_releases_when_deletions_never_finish(store: &Store) {
         None,
         "a failed acquire leaves the lock open"
     );
-}
-
-#[test]
-fn a_held_lock_survives_reopening_the_store_and_can_be_released_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let open = || -> Arc<dyn ortelius_kvs::KeyValueService> {
-        Arc::new(ortelius_kvs_rocksdb::RocksDbKvs::open(dir.path(), &Default::default()).unwrap())
-    };
-    {
-        BackupLock::new(open(), Arc::new(SystemWallClock))
-            .unwrap()
-            .acquire("backup", "before checkpoint", None, WAIT)
-            .unwrap();
-    }
-    let l = BackupLock::new(open(), Arc::new(SystemWallClock)).unwrap();
-    assert_eq!(
-        l.status().unwrap().held.unwrap().reason,
-        "before checkpoint"
-    );
-    l.release().unwrap();
 }

@@ -4,17 +4,15 @@
 //! is present, and fresh timestamps are above every timestamp the child was given.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cell, config};
 use ortelius_kvs::{KeyValueService, TableRef};
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+use ortelius_txn::suite::common::{cell, config};
 use ortelius_txn::{ConflictHandler, TableMetadata, TransactionManager};
 
 const ACCOUNTS: u64 = 8;
@@ -48,7 +46,7 @@ fn balance(
     t: &TableRef,
     a: u64,
 ) -> ortelius_txn::TxnResult<Option<u64>> {
-    common::read_u64(txn, t, &cell(&format!("acct{a}"), "balance"))
+    ortelius_txn::suite::common::read_u64(txn, t, &cell(&format!("acct{a}"), "balance"))
 }
 
 /// The child: runs transfers until killed. Only active when `ORTELIUS_CRASH_DIR` is set.

@@ -5,16 +5,14 @@
 //! lock), must contain exactly what was readable at B.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cell;
 use ortelius_kvs::{KeyValueService, TableRef};
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+use ortelius_txn::suite::common::cell;
 use ortelius_txn::{
     BackupLock, ConflictHandler, SweepConfig, SweepStrategy, Sweeper, SystemWallClock,
     TableMetadata, TransactionConfig, TransactionManager,
@@ -31,7 +29,8 @@ fn snapshot(
     let _ = m;
     (0..KEYS)
         .map(|k| {
-            let v = common::read_u64(txn, t, &cell(&format!("k{k}"), "v")).unwrap();
+            let v = ortelius_txn::suite::common::read_u64(txn, t, &cell(&format!("k{k}"), "v"))
+                .unwrap();
             (k, v)
         })
         .collect()
@@ -61,11 +60,12 @@ impl Drop for StopOnDrop<'_> {
 
 fn race(read_timeout: Duration, always_lock_first: bool, slow_checkpoint: Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let kvs: Arc<dyn KeyValueService> =
+    let rocks =
         Arc::new(RocksDbKvs::open(dir.path().join("live"), &RocksDbConfig::default()).unwrap());
+    let kvs: Arc<dyn KeyValueService> = rocks.clone();
     let config = TransactionConfig {
         read_timeout,
-        ..common::config()
+        ..ortelius_txn::suite::common::config()
     };
     let m = TransactionManager::embedded(kvs.clone(), config.clone()).unwrap();
     let t = TableRef::new("race", "hot").unwrap();
@@ -99,7 +99,7 @@ fn race(read_timeout: Duration, always_lock_first: bool, slow_checkpoint: Durati
                     n += 1;
                     m.run(|txn| {
                         let c = cell(&format!("k{}", n % KEYS), "v");
-                        let v = common::read_u64(txn, t, &c)?.unwrap_or(0);
+                        let v = ortelius_txn::suite::common::read_u64(txn, t, &c)?.unwrap_or(0);
                         txn.put(t, &c, (v + 1).to_be_bytes())
                     })
                     .unwrap();
@@ -138,7 +138,7 @@ fn race(read_timeout: Duration, always_lock_first: bool, slow_checkpoint: Durati
             let expected = snapshot(&m, &t, &m.begin_read_only_at(backup_ts).unwrap());
             let checkpoint = dir.path().join(format!("checkpoint{cycle}"));
             std::thread::sleep(slow_checkpoint);
-            kvs.checkpoint(&checkpoint).unwrap();
+            rocks.checkpoint(&checkpoint).unwrap();
             let fast_forward_ts = m.fresh_timestamp().unwrap();
             lock.release().unwrap();
             backups.push((checkpoint, backup_ts, fast_forward_ts, expected));
@@ -154,7 +154,7 @@ fn race(read_timeout: Duration, always_lock_first: bool, slow_checkpoint: Durati
     drop(sweeper);
     drop(m);
     drop(lock);
-    drop(kvs);
+    drop((kvs, rocks));
     for (checkpoint, backup_ts, fast_forward_ts, expected) in backups {
         let kvs: Arc<dyn KeyValueService> =
             Arc::new(RocksDbKvs::open(&checkpoint, &RocksDbConfig::default()).unwrap());
@@ -173,12 +173,13 @@ fn race(read_timeout: Duration, always_lock_first: bool, slow_checkpoint: Durati
         assert!(restored.fresh_timestamp().unwrap() > fast_forward_ts);
         let txn = restored.begin(ortelius_txn::Isolation::Snapshot).unwrap();
         let got: BTreeMap<u64, Option<u64>> = (0..KEYS)
-            .map(
-                |k| match common::read_u64(&txn, &t, &cell(&format!("k{k}"), "v")) {
+            .map(|k| {
+                match ortelius_txn::suite::common::read_u64(&txn, &t, &cell(&format!("k{k}"), "v"))
+                {
                     Ok(v) => (k, v),
                     Err(e) => panic!("{} (B = {backup_ts}): k{k}: {e}", checkpoint.display()),
-                },
-            )
+                }
+            })
             .collect();
         assert_eq!(got, expected, "{} (B = {backup_ts})", checkpoint.display());
     }

@@ -1,6 +1,7 @@
-//! The RocksDB key layout.
+//! An ordered key layout for multi-version cells in one bytewise-sorted key space, shared by the
+//! backends that store everything in such a space (RocksDB; etcd behind its key prefix).
 //!
-//! All tables share one key space (RocksDB's default bytewise comparator):
+//! All tables share one key space (bytewise order):
 //!
 //! ```text
 //! catalog entry:  00 'T' <qualified table name>        -> table id (u32 BE) ‖ metadata bytes
@@ -20,23 +21,23 @@
 //! unsigned order and the complement reverses it, so within a cell the newest version comes
 //! first: a point read "latest version < T" is one seek to `key(cell, T-1)`.
 
-use ortelius_kvs::{Cell, KvsError, KvsResult, Timestamp};
+use crate::{Cell, KvsError, KvsResult, Timestamp};
 
-pub(crate) const CATALOG_TABLE_PREFIX: &[u8] = &[0x00, b'T'];
-pub(crate) const NEXT_TABLE_ID_KEY: &[u8] = &[0x00, b'N'];
+pub const CATALOG_TABLE_PREFIX: &[u8] = &[0x00, b'T'];
+pub const NEXT_TABLE_ID_KEY: &[u8] = &[0x00, b'N'];
 const DATA: u8 = 0x01;
 const TERMINATOR: [u8; 2] = [0x00, 0x01];
 const TABLE_PREFIX_LEN: usize = 5;
 const TS_LEN: usize = 8;
 
-pub(crate) fn catalog_key(qualified_name: &str) -> Vec<u8> {
+pub fn catalog_key(qualified_name: &str) -> Vec<u8> {
     let mut key = CATALOG_TABLE_PREFIX.to_vec();
     key.extend_from_slice(qualified_name.as_bytes());
     key
 }
 
 /// The first key of a table's data.
-pub(crate) fn table_start(table_id: u32) -> Vec<u8> {
+pub fn table_start(table_id: u32) -> Vec<u8> {
     let mut key = Vec::with_capacity(TABLE_PREFIX_LEN);
     key.push(DATA);
     key.extend_from_slice(&table_id.to_be_bytes());
@@ -44,7 +45,7 @@ pub(crate) fn table_start(table_id: u32) -> Vec<u8> {
 }
 
 /// The first key after a table's data.
-pub(crate) fn table_end(table_id: u32) -> Vec<u8> {
+pub fn table_end(table_id: u32) -> Vec<u8> {
     match table_id.checked_add(1) {
         Some(next) => table_start(next),
         None => vec![DATA + 1],
@@ -62,7 +63,7 @@ fn escape_into(out: &mut Vec<u8>, name: &[u8]) {
 }
 
 /// The prefix shared by every version of the row's cells; also the row's smallest key.
-pub(crate) fn row_prefix(table_id: u32, row: &[u8]) -> Vec<u8> {
+pub fn row_prefix(table_id: u32, row: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(TABLE_PREFIX_LEN + row.len() + 2 + 16);
     key.extend_from_slice(&table_start(table_id));
     escape_into(&mut key, row);
@@ -70,14 +71,13 @@ pub(crate) fn row_prefix(table_id: u32, row: &[u8]) -> Vec<u8> {
 }
 
 /// The first key after every key of `row`.
-#[cfg(test)]
-pub(crate) fn row_end(table_id: u32, row: &[u8]) -> Vec<u8> {
+pub fn row_end(table_id: u32, row: &[u8]) -> Vec<u8> {
     past_terminator(row_prefix(table_id, row))
 }
 
 /// Turns a prefix ending in the terminator `00 01` into `.. 00 02`: the first key after every
 /// key starting with that prefix (no escaped name continues with `00 02`).
-pub(crate) fn past_terminator(mut prefix: Vec<u8>) -> Vec<u8> {
+pub fn past_terminator(mut prefix: Vec<u8>) -> Vec<u8> {
     if let Some(last) = prefix.last_mut() {
         *last = 0x02;
     }
@@ -85,19 +85,18 @@ pub(crate) fn past_terminator(mut prefix: Vec<u8>) -> Vec<u8> {
 }
 
 /// The prefix of every version of one cell; also the smallest key of that column in the row.
-pub(crate) fn cell_prefix(table_id: u32, row: &[u8], column: &[u8]) -> Vec<u8> {
+pub fn cell_prefix(table_id: u32, row: &[u8], column: &[u8]) -> Vec<u8> {
     let mut key = row_prefix(table_id, row);
     escape_into(&mut key, column);
     key
 }
 
 /// The first key after every version of a cell.
-#[cfg(test)]
-pub(crate) fn cell_end(table_id: u32, row: &[u8], column: &[u8]) -> Vec<u8> {
+pub fn cell_end(table_id: u32, row: &[u8], column: &[u8]) -> Vec<u8> {
     past_terminator(cell_prefix(table_id, row, column))
 }
 
-pub(crate) fn encode_ts(ts: Timestamp) -> [u8; TS_LEN] {
+pub fn encode_ts(ts: Timestamp) -> [u8; TS_LEN] {
     (!((ts as u64) ^ (1 << 63))).to_be_bytes()
 }
 
@@ -105,14 +104,14 @@ fn decode_ts(bytes: [u8; TS_LEN]) -> Timestamp {
     ((!u64::from_be_bytes(bytes)) ^ (1 << 63)) as Timestamp
 }
 
-pub(crate) fn version_key(table_id: u32, cell: &Cell, ts: Timestamp) -> Vec<u8> {
+pub fn version_key(table_id: u32, cell: &Cell, ts: Timestamp) -> Vec<u8> {
     let mut key = cell_prefix(table_id, cell.row(), cell.column());
     key.extend_from_slice(&encode_ts(ts));
     key
 }
 
 /// The key of a version of the cell whose prefix is `prefix`.
-pub(crate) fn with_ts(prefix: &[u8], ts: Timestamp) -> Vec<u8> {
+pub fn with_ts(prefix: &[u8], ts: Timestamp) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + TS_LEN);
     key.extend_from_slice(prefix);
     key.extend_from_slice(&encode_ts(ts));
@@ -120,13 +119,13 @@ pub(crate) fn with_ts(prefix: &[u8], ts: Timestamp) -> Vec<u8> {
 }
 
 /// The timestamp of a version key known to start with a cell's prefix of `prefix_len` bytes.
-pub(crate) fn ts_of(key: &[u8], prefix_len: usize) -> Option<Timestamp> {
+pub fn ts_of(key: &[u8], prefix_len: usize) -> Option<Timestamp> {
     let ts: [u8; TS_LEN] = key.get(prefix_len..)?.try_into().ok()?;
     Some(decode_ts(ts))
 }
 
 /// A decoded version key: the cell's names, the length of its cell prefix, and its timestamp.
-pub(crate) struct DecodedKey {
+pub struct DecodedKey {
     pub row: Vec<u8>,
     pub column: Vec<u8>,
     pub ts: Timestamp,
@@ -157,7 +156,7 @@ fn unescape(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
 /// Where a version key's parts end, found without allocating: the row prefix is
 /// `key[..row_end]`, the cell prefix `key[..cell_end]`, the timestamp the 8 bytes after it.
 #[derive(Clone, Copy)]
-pub(crate) struct Layout {
+pub struct Layout {
     pub row_end: usize,
     pub cell_end: usize,
 }
@@ -175,7 +174,7 @@ fn name_end(key: &[u8], from: usize) -> Option<usize> {
     }
 }
 
-pub(crate) fn layout(key: &[u8]) -> KvsResult<Layout> {
+pub fn layout(key: &[u8]) -> KvsResult<Layout> {
     let corrupt = || KvsError::Corruption {
         detail: format!("malformed version key {}", key.escape_ascii()),
     };
@@ -188,20 +187,20 @@ pub(crate) fn layout(key: &[u8]) -> KvsResult<Layout> {
 }
 
 /// The column name of a key with this layout.
-pub(crate) fn column_of(key: &[u8], layout: Layout) -> Vec<u8> {
+pub fn column_of(key: &[u8], layout: Layout) -> Vec<u8> {
     unescape(&key[layout.row_end..layout.cell_end])
         .map(|(name, _)| name)
         .unwrap_or_default()
 }
 
 /// The row name of a key with this layout.
-pub(crate) fn row_of(key: &[u8], layout: Layout) -> Vec<u8> {
+pub fn row_of(key: &[u8], layout: Layout) -> Vec<u8> {
     unescape(&key[TABLE_PREFIX_LEN..layout.row_end])
         .map(|(name, _)| name)
         .unwrap_or_default()
 }
 
-pub(crate) fn decode(key: &[u8]) -> KvsResult<DecodedKey> {
+pub fn decode(key: &[u8]) -> KvsResult<DecodedKey> {
     let corrupt = || KvsError::Corruption {
         detail: format!("malformed version key {}", key.escape_ascii()),
     };

@@ -1,23 +1,13 @@
 //! Real-thread concurrency on every backend: invariants of concurrent workloads, and recorded
 //! histories checked for the anomalies snapshot isolation forbids.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use common::*;
+use super::common::*;
+use crate::{ConflictHandler, Isolation, TransactionManager, TxnError};
 use ortelius_kvs::{RangeRequest, TableRef};
-use ortelius_txn::{ConflictHandler, Isolation, TransactionManager, TxnError};
-
-on_every_backend!(
-    bank_transfers_conserve_money,
-    concurrent_increments_lose_no_update,
-    recorded_histories_show_no_snapshot_isolation_anomalies,
-    serializable_doctors_never_all_leave_under_contention,
-);
 
 const THREADS: usize = 8;
 
@@ -32,7 +22,7 @@ impl Rng {
     }
 }
 
-fn bank_transfers_conserve_money(store: &Store) {
+pub fn bank_transfers_conserve_money(store: &Store) {
     let m = manager(store);
     let t = table(&m, "accounts", ConflictHandler::RetryOnWriteWrite);
     const ACCOUNTS: u64 = 10;
@@ -117,7 +107,7 @@ fn bank_transfers_conserve_money(store: &Store) {
     assert_eq!(balances.iter().sum::<u64>(), ACCOUNTS * INITIAL);
 }
 
-fn concurrent_increments_lose_no_update(store: &Store) {
+pub fn concurrent_increments_lose_no_update(store: &Store) {
     let m = manager(store);
     let t = table(&m, "counter", ConflictHandler::RetryOnWriteWriteCell);
     const PER_THREAD: u64 = 25;
@@ -145,16 +135,98 @@ fn concurrent_increments_lose_no_update(store: &Store) {
 // History checking. Every transaction reads a few keys and then writes a few with values that
 // name the writer, so each read can be traced to the transaction that wrote it.
 
-#[derive(Clone, Debug)]
-struct Record {
-    id: u64,
-    start: i64,
-    commit: Option<i64>,
+/// One transaction of a recorded history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub id: u64,
+    pub start: i64,
+    pub commit: Option<i64>,
     /// key -> id of the writer whose value was read (0 = initial value).
-    reads: BTreeMap<u64, u64>,
-    /// key -> whether the value is this transaction's final write of the key (it writes some
-    /// keys twice; the first value is intermediate).
-    writes: BTreeSet<u64>,
+    pub reads: BTreeMap<u64, u64>,
+    /// Keys written (each twice: the first value is intermediate).
+    pub writes: BTreeSet<u64>,
+}
+
+impl Record {
+    /// One line of text: `id start commit|- k=w,k=w writes,...` (histories of several
+    /// processes are merged from files).
+    pub fn to_line(&self) -> String {
+        let reads: Vec<String> = self.reads.iter().map(|(k, w)| format!("{k}={w}")).collect();
+        let writes: Vec<String> = self.writes.iter().map(u64::to_string).collect();
+        format!(
+            "{} {} {} {} {}",
+            self.id,
+            self.start,
+            self.commit.map_or("-".to_owned(), |c| c.to_string()),
+            if reads.is_empty() {
+                "-".to_owned()
+            } else {
+                reads.join(",")
+            },
+            if writes.is_empty() {
+                "-".to_owned()
+            } else {
+                writes.join(",")
+            },
+        )
+    }
+
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut parts = line.split(' ');
+        let id = parts.next()?.parse().ok()?;
+        let start = parts.next()?.parse().ok()?;
+        let commit = match parts.next()? {
+            "-" => None,
+            c => Some(c.parse().ok()?),
+        };
+        let reads = match parts.next()? {
+            "-" => BTreeMap::new(),
+            r => r
+                .split(',')
+                .map(|kw| {
+                    let (k, w) = kw.split_once('=')?;
+                    Some((k.parse().ok()?, w.parse().ok()?))
+                })
+                .collect::<Option<_>>()?,
+        };
+        let writes = match parts.next()? {
+            "-" => BTreeSet::new(),
+            w => w
+                .split(',')
+                .map(|k| k.parse().ok())
+                .collect::<Option<_>>()?,
+        };
+        Some(Self {
+            id,
+            start,
+            commit,
+            reads,
+            writes,
+        })
+    }
+}
+
+/// Runs `count` recorded transactions with ids from `first_id` (unique across every process
+/// sharing the table) on the history table, and returns their records. Transactions that fail
+/// with a conflict are recorded as not committed.
+pub fn record_transactions(
+    m: &TransactionManager,
+    t: &TableRef,
+    first_id: u64,
+    count: u64,
+    seed: u64,
+) -> Vec<Record> {
+    let log = Mutex::new(Vec::new());
+    let mut rng = Rng(seed | 1);
+    for id in first_id..first_id + count {
+        run_recorded(m, t, id, &mut rng, &log);
+    }
+    log.into_inner().unwrap()
+}
+
+/// The table recorded transactions use.
+pub fn history_table(m: &TransactionManager) -> TableRef {
+    table(m, "history", ConflictHandler::RetryOnWriteWriteCell)
 }
 
 const KEYS: u64 = 6;
@@ -208,7 +280,7 @@ fn run_recorded(
             // The commit timestamp lies between the start and any later fresh timestamp; the
             // transactions table tells it exactly.
             let status = m.transactions_table().load(&[record.start]).unwrap();
-            if let Some(ortelius_txn::TxnStatus::Committed(c)) = status.get(&record.start) {
+            if let Some(crate::TxnStatus::Committed(c)) = status.get(&record.start) {
                 record.commit = Some(*c);
             }
         }
@@ -219,7 +291,7 @@ fn run_recorded(
 }
 
 /// Checks a history against snapshot isolation; returns the anomalies found.
-fn check_history(history: &[Record]) -> Vec<String> {
+pub fn check_history(history: &[Record]) -> Vec<String> {
     let mut anomalies = Vec::new();
     let by_id: HashMap<u64, &Record> = history.iter().map(|r| (r.id, r)).collect();
     let committed: Vec<&Record> = history.iter().filter(|r| r.commit.is_some()).collect();
@@ -308,9 +380,9 @@ fn check_history(history: &[Record]) -> Vec<String> {
     anomalies
 }
 
-fn recorded_histories_show_no_snapshot_isolation_anomalies(store: &Store) {
+pub fn recorded_histories_show_no_snapshot_isolation_anomalies(store: &Store) {
     let m = manager(store);
-    let t = table(&m, "history", ConflictHandler::RetryOnWriteWriteCell);
+    let t = history_table(&m);
     let log = Mutex::new(Vec::new());
     let ids = AtomicU64::new(1);
     std::thread::scope(|s| {
@@ -357,6 +429,7 @@ fn recorded_histories_show_no_snapshot_isolation_anomalies(store: &Store) {
     }
 }
 
+#[cfg(test)]
 #[test]
 fn the_history_checker_finds_planted_anomalies() {
     let rec = |id, start, commit, reads: &[(u64, u64)], writes: &[u64]| Record {
@@ -400,7 +473,7 @@ fn the_history_checker_finds_planted_anomalies() {
     assert!(check_history(&clean).is_empty());
 }
 
-fn serializable_doctors_never_all_leave_under_contention(store: &Store) {
+pub fn serializable_doctors_never_all_leave_under_contention(store: &Store) {
     let m = manager(store);
     let t = table(&m, "doctors", ConflictHandler::RetryOnWriteWrite);
     for round in 0..10 {

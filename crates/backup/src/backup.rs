@@ -1,0 +1,142 @@
+//! Taking a backup: the live runbook in one step.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::error::{io, BackupError, Result};
+use crate::files::{
+    compress_in_place, is_empty_dir, list_files, sha256_file, total_size, write_synced,
+};
+use crate::manifest::{
+    Compression, FileEntry, Manifest, FORMAT_VERSION, MANIFEST, STARTED_MARKER, STORE_DIR,
+};
+use crate::owner::StoreOwner;
+use crate::progress::{no_progress, Progress};
+
+/// How long a backup's lock lasts if the backup process dies before releasing it.
+pub const BACKUP_LOCK_LEASE: Duration = Duration::from_secs(3600);
+
+/// Choices for a backup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackupOptions {
+    /// Store every file zstd-compressed.
+    pub compress: bool,
+}
+
+/// Takes a live, consistent backup into `dir` (new, empty, or holding an incomplete backup,
+/// which is started over).
+pub fn backup(owner: &dyn StoreOwner, dir: &Path) -> Result<Manifest> {
+    backup_cancellable(
+        owner,
+        dir,
+        BackupOptions::default(),
+        &AtomicBool::new(false),
+        &no_progress,
+    )
+}
+
+/// [`backup`], stopping at the next step once `cancel` is set (Ctrl-C): the lock is released
+/// and no manifest is written, so the directory is an incomplete backup that a re-run restarts.
+///
+/// Steps: write `BACKUP-STARTED` → acquire the backup lock (with a lease, so a killed backup
+/// cannot stop sweep for good; released on every error path) → note the sweep timestamp (the
+/// oldest timestamp whose versions the backup holds completely) → fetch B → raw snapshot into
+/// `store/` → fetch F → release → compress (optional) and checksum every file → write the
+/// manifest, last.
+pub fn backup_cancellable(
+    owner: &dyn StoreOwner,
+    dir: &Path,
+    options: BackupOptions,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+) -> Result<Manifest> {
+    let check = || {
+        if cancel.load(Ordering::SeqCst) {
+            Err(BackupError::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
+    if !is_empty_dir(dir)? {
+        let incomplete = dir.join(STARTED_MARKER).exists() && !dir.join(MANIFEST).exists();
+        if !incomplete {
+            return Err(BackupError::NotEmpty {
+                path: dir.to_path_buf(),
+                hint: "",
+            });
+        }
+        // A backup that crashed midway: start it over.
+        std::fs::remove_dir_all(dir).map_err(io("cannot clear the incomplete backup", dir))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+    write_synced(
+        &dir.join(STARTED_MARKER),
+        b"a backup was started here; it is complete once manifest.json exists\n",
+    )?;
+    let holder = format!("ortelius backup (pid {})", std::process::id());
+    owner.acquire_backup_lock(&holder, "ortelius backup", Some(BACKUP_LOCK_LEASE))?;
+    let store = dir.join(STORE_DIR);
+    let taken = (|| -> Result<_> {
+        check()?;
+        let oldest = owner.sweep_timestamp()?;
+        let backup_ts = owner.fresh_timestamp()?;
+        check()?;
+        let snapshot = owner.snapshot(&store)?;
+        check()?;
+        let fast_forward_ts = owner.fresh_timestamp()?;
+        Ok((oldest, backup_ts, snapshot, fast_forward_ts))
+    })();
+    let released = owner.release_backup_lock();
+    let (oldest_complete_ts, backup_ts, snapshot, fast_forward_ts) = taken?;
+    released?;
+
+    let mut paths = list_files(&store)?;
+    let compression = if options.compress {
+        let total = total_size(&store, &paths);
+        let mut done = 0;
+        for rel in &mut paths {
+            check()?;
+            done += std::fs::metadata(store.join(&*rel)).map_or(0, |m| m.len());
+            *rel = compress_in_place(&store, rel)?;
+            progress("compressing", done, total);
+        }
+        Compression::Zstd
+    } else {
+        Compression::None
+    };
+    let total = total_size(&store, &paths);
+    let mut done = 0u64;
+    let mut files = Vec::with_capacity(paths.len());
+    for rel in paths {
+        check()?;
+        let (size, sha256) = sha256_file(&store.join(&rel), &mut |n| {
+            done += n;
+            progress("checksumming", done, total);
+        })?;
+        let path = rel.to_string_lossy().into_owned();
+        let node = snapshot
+            .origins
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, node)| node.clone());
+        files.push(FileEntry {
+            path,
+            size,
+            sha256,
+            node,
+        });
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        store_kind: snapshot.store_kind,
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        backup_ts,
+        fast_forward_ts,
+        oldest_complete_ts: oldest_complete_ts.min(backup_ts),
+        compression,
+        files,
+    };
+    manifest.write(dir)?;
+    Ok(manifest)
+}

@@ -1,0 +1,109 @@
+//! Files of a backup: listing, checksums, synced writes, zstd compression.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{io, BackupError, Result};
+
+/// Size and SHA-256 (hex) of a file; `on_bytes` hears of every chunk read.
+pub(crate) fn sha256_file(path: &Path, on_bytes: &mut dyn FnMut(u64)) -> Result<(u64, String)> {
+    let mut file = std::fs::File::open(path).map_err(io("cannot read", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io("cannot read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        on_bytes(n as u64);
+        size += n as u64;
+    }
+    let digest = hasher.finalize();
+    Ok((size, digest.iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// Every file under `root`, as sorted paths relative to it.
+pub(crate) fn list_files(root: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).map_err(io("cannot list", dir))? {
+            let entry = entry.map_err(io("cannot list", dir))?;
+            let path = entry.path();
+            if entry
+                .file_type()
+                .map_err(io("cannot inspect", &path))?
+                .is_dir()
+            {
+                walk(root, &path, out)?;
+            } else {
+                out.push(
+                    path.strip_prefix(root)
+                        .map(Path::to_path_buf)
+                        .unwrap_or(path),
+                );
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Total size of the files (relative to `root`).
+pub(crate) fn total_size(root: &Path, files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|p| std::fs::metadata(root.join(p)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+pub(crate) fn is_empty_dir(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(BackupError::Io {
+            what: "cannot inspect",
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Writes a file atomically (temporary file, fsync, rename).
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io("cannot write", &tmp))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io("cannot write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("cannot write", path))
+}
+
+/// Compresses `root/rel` into `root/rel.zst` and removes the original; returns the new path.
+pub(crate) fn compress_in_place(root: &Path, rel: &Path) -> Result<PathBuf> {
+    let plain = root.join(rel);
+    let packed_rel = PathBuf::from(format!("{}.zst", rel.display()));
+    let packed = root.join(&packed_rel);
+    let reader = std::fs::File::open(&plain).map_err(io("cannot read", &plain))?;
+    let writer = std::fs::File::create(&packed).map_err(io("cannot write", &packed))?;
+    zstd::stream::copy_encode(reader, writer, 3).map_err(io("cannot compress", &plain))?;
+    std::fs::remove_file(&plain).map_err(io("cannot remove", &plain))?;
+    Ok(packed_rel)
+}
+
+/// Decompresses `from` (a `.zst` file) into `to`; returns the bytes written.
+pub(crate) fn decompress(from: &Path, to: &Path) -> std::io::Result<u64> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let reader = std::fs::File::open(from)?;
+    let mut writer = std::fs::File::create(to)?;
+    zstd::stream::copy_decode(reader, &mut writer)?;
+    writer.metadata().map(|m| m.len())
+}

@@ -1,0 +1,113 @@
+//! The manifest: written last, it is what makes a backup directory a backup.
+//!
+//! ```json
+//! {"format_version": 1, "store_kind": "rocksdb", "tool_version": "0.1.0",
+//!  "backup_ts": 2001, "fast_forward_ts": 2045, "oldest_complete_ts": 1500,
+//!  "compression": "none",
+//!  "files": [{"path": "000012.sst", "size": 1024, "sha256": "…", "node": "node1"?}]}
+//! ```
+
+use std::path::Path;
+
+use ortelius_kvs::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io, BackupError, Result};
+use crate::files::write_synced;
+
+pub const FORMAT_VERSION: u64 = 1;
+pub const MANIFEST: &str = "manifest.json";
+/// Written first: a directory with it and no manifest is an incomplete backup.
+pub const STARTED_MARKER: &str = "BACKUP-STARTED";
+/// The subdirectory holding the raw snapshot's files.
+pub const STORE_DIR: &str = "store";
+
+/// How the snapshot's files are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    /// Each file zstd-compressed as `<name>.zst`.
+    Zstd,
+}
+
+/// One stored file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative to `store/`, as stored (with `.zst` when compressed).
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// The node the file came from, for stores of several nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// A backup's manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u64,
+    /// The backend that took the snapshot (`rocksdb`, `postgres`, ...).
+    pub store_kind: String,
+    pub tool_version: String,
+    /// B: the backup's logical point in time.
+    pub backup_ts: Timestamp,
+    /// F: above every timestamp used while the snapshot was taken.
+    pub fast_forward_ts: Timestamp,
+    /// Every version at or above this timestamp is in the backup: a restore may go back to any
+    /// timestamp in `oldest_complete_ts..=backup_ts`.
+    pub oldest_complete_ts: Timestamp,
+    pub compression: Compression,
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    /// Bytes of all stored files.
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| BackupError::Store(e.to_string()))?;
+        write_synced(&dir.join(MANIFEST), text.as_bytes())
+    }
+
+    /// Reads the manifest of `dir`, telling an incomplete backup and a non-backup apart.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST);
+        if !path.exists() {
+            return Err(if dir.join(STARTED_MARKER).exists() {
+                BackupError::Incomplete(dir.to_path_buf())
+            } else {
+                BackupError::NotABackup(dir.to_path_buf())
+            });
+        }
+        let corrupt = |detail: String| BackupError::Corrupt {
+            dir: dir.to_path_buf(),
+            detail,
+        };
+        let text = std::fs::read_to_string(&path).map_err(io("cannot read", &path))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| corrupt(format!("{MANIFEST} is unreadable: {e}")))?;
+        if value
+            .get("format_version")
+            .and_then(serde_json::Value::as_u64)
+            != Some(FORMAT_VERSION)
+        {
+            return Err(corrupt(format!(
+                "unknown manifest format version (this build reads version {FORMAT_VERSION})"
+            )));
+        }
+        let manifest: Self = serde_json::from_value(value)
+            .map_err(|e| corrupt(format!("{MANIFEST} is malformed: {e}")))?;
+        if manifest.backup_ts >= manifest.fast_forward_ts
+            || manifest.oldest_complete_ts > manifest.backup_ts
+        {
+            return Err(corrupt(format!(
+                "{MANIFEST} has inconsistent timestamps (need oldest <= B < F)"
+            )));
+        }
+        Ok(manifest)
+    }
+}

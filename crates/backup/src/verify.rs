@@ -1,0 +1,156 @@
+//! Verifying a backup: shallow (manifest and checksums) and deep (read every entry of the raw
+//! snapshot and check the transactions table against F).
+
+use std::path::{Path, PathBuf};
+
+use ortelius_kvs::TableRef;
+use ortelius_txn::{TransactionsTable, TxnStatus, TRANSACTIONS_TABLE};
+
+use crate::error::{io, BackupError, Result};
+use crate::files::{decompress, sha256_file};
+use crate::manifest::{Compression, Manifest, STORE_DIR};
+use crate::progress::{no_progress, Progress};
+
+/// Checks a backup: manifest present and readable, every file present with its size and
+/// checksum.
+pub fn verify(dir: &Path) -> Result<Manifest> {
+    verify_with_progress(dir, &no_progress)
+}
+
+/// [`verify`], reporting the checksum pass to `progress`.
+pub fn verify_with_progress(dir: &Path, progress: Progress<'_>) -> Result<Manifest> {
+    let manifest = Manifest::read(dir)?;
+    let corrupt = |detail: String| BackupError::Corrupt {
+        dir: dir.to_path_buf(),
+        detail,
+    };
+    let total = manifest.total_size();
+    let mut done = 0u64;
+    for file in &manifest.files {
+        if Path::new(&file.path)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(corrupt(format!(
+                "{} is not a path inside the backup",
+                file.path
+            )));
+        }
+        let path = dir.join(STORE_DIR).join(&file.path);
+        if !path.exists() {
+            return Err(corrupt(format!("{} is missing", file.path)));
+        }
+        let (size, sha256) = sha256_file(&path, &mut |n| {
+            done += n;
+            progress("verifying", done, total);
+        })?;
+        if size != file.size || sha256 != file.sha256 {
+            return Err(corrupt(format!(
+                "{} does not match its checksum",
+                file.path
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
+/// The raw snapshot of a verified backup as plain files: the backup's own `store/` when it is
+/// uncompressed, else a decompressed copy in `scratch`.
+pub(crate) fn raw_snapshot(
+    dir: &Path,
+    manifest: &Manifest,
+    scratch: &Path,
+    progress: Progress<'_>,
+) -> Result<PathBuf> {
+    match manifest.compression {
+        Compression::None => Ok(dir.join(STORE_DIR)),
+        Compression::Zstd => {
+            let total = manifest.total_size();
+            let mut done = 0;
+            for file in &manifest.files {
+                let from = dir.join(STORE_DIR).join(&file.path);
+                let to = scratch.join(file.path.trim_end_matches(".zst"));
+                decompress(&from, &to).map_err(|e| BackupError::Corrupt {
+                    dir: dir.to_path_buf(),
+                    detail: format!("{} does not decompress: {e}", file.path),
+                })?;
+                done += file.size;
+                progress("decompressing", done, total);
+            }
+            Ok(scratch.to_path_buf())
+        }
+    }
+}
+
+/// A scratch directory for a decompressed copy.
+pub(crate) fn scratch_dir() -> Result<tempfile::TempDir> {
+    tempfile::tempdir().map_err(io(
+        "cannot create a scratch directory in",
+        &std::env::temp_dir(),
+    ))
+}
+
+/// What a deep verification read.
+#[derive(Clone, Debug)]
+pub struct DeepReport {
+    pub manifest: Manifest,
+    /// Entries of the raw snapshot read back.
+    pub entries: u64,
+    /// Commit records in the transactions table; `None` when the snapshot format cannot be read
+    /// without a server (Cassandra's SSTables).
+    pub transactions: Option<u64>,
+}
+
+/// [`verify`], then reads the raw snapshot without changing the backup (every entry, with the
+/// checks its format allows: RocksDB block checksums and key layout, ...) and checks the
+/// transactions table: every entry well-formed, and no commit at or after F (every commit in
+/// the snapshot happened before F was fetched).
+pub fn verify_deep(dir: &Path) -> Result<DeepReport> {
+    let manifest = verify(dir)?;
+    let corrupt = |detail: String| BackupError::Corrupt {
+        dir: dir.to_path_buf(),
+        detail,
+    };
+    let format = ortelius_backends::snapshot_format(&manifest.store_kind).ok_or_else(|| {
+        BackupError::UnknownStoreKind {
+            kind: manifest.store_kind.clone(),
+        }
+    })?;
+    let scratch = scratch_dir()?;
+    let raw = raw_snapshot(dir, &manifest, scratch.path(), &no_progress)?;
+    let entries = format.verify(&raw).map_err(|e| corrupt(e.to_string()))?;
+    let table = TableRef::system(TRANSACTIONS_TABLE).map_err(|e| corrupt(e.to_string()))?;
+    let mut transactions = 0u64;
+    let mut late = None;
+    let scanned = format
+        .scan_table(&raw, &table, &mut |cell, value| {
+            let (start, status) = TransactionsTable::decode_entry(&cell, &value.contents)?;
+            transactions += 1;
+            if let TxnStatus::Committed(commit) = status {
+                if commit >= manifest.fast_forward_ts && late.is_none() {
+                    late = Some((start, commit));
+                }
+            }
+            Ok(())
+        })
+        .map(|()| Some(transactions));
+    let transactions = match scanned {
+        Ok(count) => count,
+        Err(ortelius_kvs::KvsError::Unsupported { .. }) => None,
+        Err(ortelius_kvs::KvsError::TableNotFound { .. }) => {
+            return Err(corrupt("the store has no transactions table".to_owned()))
+        }
+        Err(other) => return Err(corrupt(other.to_string())),
+    };
+    if let Some((start, commit)) = late {
+        return Err(corrupt(format!(
+            "transaction {start} is recorded as committed at {commit}, not before F = {}: the store is not the snapshot this manifest describes",
+            manifest.fast_forward_ts
+        )));
+    }
+    Ok(DeepReport {
+        manifest,
+        entries,
+        transactions,
+    })
+}

@@ -1,0 +1,1001 @@
+//! The Apache Cassandra backend of Ortelius, in AtlasDB's CQL layout (see `cql`), through the
+//! `scylla` driver (CQL native protocol v4) on a private Tokio runtime.
+//!
+//! - Reads and writes at the configured consistency (QUORUM by default); put-unless-exists and
+//!   check-and-set are lightweight transactions at SERIAL (the result's `[applied]` and current
+//!   value are read by column name: Cassandra answers with fewer columns than Scylla); deletes
+//!   at ALL, as AtlasDB does, so no replica keeps a value a quorum forgot.
+//! - Plain writes and deletes carry client timestamps from a per-process monotonic clock, so a
+//!   rewrite after a delete is never shadowed by the tombstone.
+//! - Row-range scans need row order: the cluster must use `ByteOrderedPartitioner`, where a
+//!   row's token is its bytes. (Cost: no hashing, so data is spread by key ranges and the
+//!   driver's token-aware routing is off.) A reverse range is read forward and returned in
+//!   reverse, in memory.
+//! - Not atomic across rows (as in AtlasDB): `put`/`multi_put` check every cell first and then
+//!   write; `put_unless_exists` is atomic per row and undoes earlier rows if a later one
+//!   conflicts. The transaction protocol needs neither: its commit point is one cell.
+
+mod config;
+mod cql;
+mod scan;
+pub mod snapshot;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use ortelius_kvs::{
+    validate_read_ts, validate_version_ts, CandidateCellsRequest, CandidatePage, Cell, CellIter,
+    CellWrites, CheckAndSetRequest, ColumnRange, ColumnSelection, KeyValueService, KvsError,
+    KvsResult, RangeRequest, RowIter, RowRange, TableRef, Timestamp, TimestampRangeDelete, Value,
+    ATOMIC_TS, SWEEP_SENTINEL_TS,
+};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::ExecutionError;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::policies::retry::FallthroughRetryPolicy;
+use scylla::response::query_result::QueryResult;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
+
+pub use config::{CassandraConfig, ConsistencyLevel, NodeAccess};
+use cql::{classify, inv, is_missing_table, CATALOG};
+
+/// Cells per round of concurrent requests.
+const CONCURRENCY: usize = 256;
+/// The longest internal table name Cassandra accepts.
+const MAX_CQL_NAME: usize = 48;
+
+/// What a statement does, which decides its consistency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Read,
+    Write,
+    Delete,
+    Lwt,
+}
+
+/// The Cassandra [`KeyValueService`].
+pub struct CassandraKvs {
+    runtime: tokio::runtime::Runtime,
+    session: Session,
+    config: CassandraConfig,
+    describe: String,
+    statements: Mutex<std::collections::HashMap<String, PreparedStatement>>,
+    tables: RwLock<BTreeSet<TableRef>>,
+    /// The last client write timestamp (microseconds), kept strictly increasing.
+    clock: AtomicI64,
+}
+
+fn poisoned() -> KvsError {
+    KvsError::Storage {
+        detail: "a lock of the cassandra backend was poisoned by a panic".to_owned(),
+    }
+}
+
+fn corrupt(detail: impl Into<String>) -> KvsError {
+    KvsError::Corruption {
+        detail: detail.into(),
+    }
+}
+
+/// The internal (CQL) name of a table.
+pub fn internal_name(table: &TableRef) -> String {
+    if table.namespace().is_empty() {
+        table.name().to_owned()
+    } else {
+        format!("{}__{}", table.namespace(), table.name())
+    }
+}
+
+fn consistency(level: ConsistencyLevel) -> Consistency {
+    match level {
+        ConsistencyLevel::One => Consistency::One,
+        ConsistencyLevel::Quorum => Consistency::Quorum,
+        ConsistencyLevel::LocalQuorum => Consistency::LocalQuorum,
+        ConsistencyLevel::All => Consistency::All,
+    }
+}
+
+/// A session on its own runtime (nothing created yet). Unreachable contact points fail within
+/// the connect timeout, naming them.
+pub(crate) fn connect(config: &CassandraConfig) -> KvsResult<(tokio::runtime::Runtime, Session)> {
+    config.validate()?;
+    let describe = config.describe();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("ortelius-cassandra")
+        .build()
+        .map_err(|e| KvsError::Storage {
+            detail: format!("cannot start the cassandra runtime: {e}"),
+        })?;
+    let profile = ExecutionProfile::builder()
+        .consistency(consistency(config.consistency))
+        .serial_consistency(Some(SerialConsistency::Serial))
+        .request_timeout(Some(config.request_timeout))
+        .load_balancing_policy(DefaultPolicy::builder().token_aware(false).build())
+        .retry_policy(Arc::new(FallthroughRetryPolicy::new()))
+        .build();
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&config.servers)
+        .connection_timeout(config.connect_timeout)
+        .schema_agreement_timeout(config.request_timeout.max(Duration::from_secs(30)))
+        .default_execution_profile_handle(profile.into_handle());
+    if let (Some(user), Some(password)) = (&config.user, config.password()?) {
+        builder = builder.user(user, password);
+    }
+    let deadline = config.connect_timeout + Duration::from_secs(5);
+    let session = runtime
+        .block_on(async { tokio::time::timeout(deadline, builder.build()).await })
+        .map_err(|_| KvsError::Unavailable {
+            detail: format!("cannot connect to {describe}: no answer within {deadline:?}"),
+        })?
+        .map_err(|e| KvsError::Unavailable {
+            detail: format!("cannot connect to {describe}: {e}"),
+        })?;
+    Ok((runtime, session))
+}
+
+/// Reads typed rows out of a result.
+pub(crate) fn rows<R>(result: QueryResult) -> KvsResult<Vec<R>>
+where
+    R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+{
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| corrupt(format!("expected rows: {e}")))?;
+    let iter = rows
+        .rows::<R>()
+        .map_err(|e| corrupt(format!("unexpected columns: {e}")))?;
+    iter.collect::<Result<Vec<R>, _>>()
+        .map_err(|e| corrupt(format!("undecodable row: {e}")))
+}
+
+/// The outcome of a lightweight transaction: applied, and the current `value` if it was not.
+fn lwt_outcome(result: QueryResult) -> KvsResult<(bool, Option<Vec<u8>>)> {
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| corrupt(format!("a lightweight transaction answered no row: {e}")))?;
+    let specs = rows.column_specs();
+    let applied_at = specs
+        .get_by_name("[applied]")
+        .map(|(i, _)| i)
+        .ok_or_else(|| corrupt("a lightweight transaction answered no [applied]"))?;
+    let value_at = specs.get_by_name("value").map(|(i, _)| i);
+    let row: Row = rows
+        .first_row::<Row>()
+        .map_err(|e| corrupt(format!("undecodable lightweight-transaction row: {e}")))?;
+    let applied = row
+        .columns
+        .get(applied_at)
+        .and_then(|c| c.as_ref())
+        .and_then(CqlValue::as_boolean)
+        .unwrap_or(false);
+    let value = value_at
+        .and_then(|i| row.columns.get(i).cloned())
+        .flatten()
+        .and_then(CqlValue::into_blob);
+    Ok((applied, value))
+}
+
+impl CassandraKvs {
+    /// Connects and creates the keyspace and catalogue if missing. Unreachable contact points
+    /// fail within the connect timeout, naming them.
+    pub fn open(config: &CassandraConfig) -> KvsResult<Self> {
+        let (runtime, session) = connect(config)?;
+        let describe = config.describe();
+        let kvs = Self {
+            runtime,
+            session,
+            config: config.clone(),
+            describe,
+            statements: Mutex::new(std::collections::HashMap::new()),
+            tables: RwLock::new(BTreeSet::new()),
+            clock: AtomicI64::new(0),
+        };
+        kvs.ensure_keyspace()?;
+        kvs.reload_catalog()?;
+        Ok(kvs)
+    }
+
+    /// Drops the whole keyspace (tests and tear-downs; nothing else uses it).
+    pub fn drop_keyspace(&self) -> KvsResult<()> {
+        self.schema(&format!(
+            "DROP KEYSPACE IF EXISTS \"{}\"",
+            self.config.keyspace
+        ))?;
+        self.tables.write().map_err(|_| poisoned())?.clear();
+        Ok(())
+    }
+
+    pub fn config(&self) -> &CassandraConfig {
+        &self.config
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// `"keyspace"."name"`.
+    fn qualified(&self, internal: &str) -> String {
+        format!("\"{}\".\"{internal}\"", self.config.keyspace)
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// A strictly increasing client write timestamp (microseconds since the epoch).
+    fn write_timestamp(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let mut last = self.clock.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(last.saturating_add(1));
+            match self
+                .clock
+                .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// The prepared statement for `cql`, prepared once.
+    fn prepare(&self, cql: &str, kind: Kind) -> KvsResult<PreparedStatement> {
+        let key = format!("{kind:?}:{cql}");
+        if let Some(p) = self.statements.lock().map_err(|_| poisoned())?.get(&key) {
+            return Ok(p.clone());
+        }
+        let mut prepared =
+            self.block_on(self.session.prepare(cql))
+                .map_err(|e| KvsError::Unavailable {
+                    detail: format!("cannot prepare a statement on {}: {e}", self.describe),
+                })?;
+        match kind {
+            Kind::Read | Kind::Write => {}
+            Kind::Delete => prepared.set_consistency(Consistency::All),
+            Kind::Lwt => prepared.set_serial_consistency(Some(SerialConsistency::Serial)),
+        }
+        self.statements
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(key, prepared.clone());
+        Ok(prepared)
+    }
+
+    /// Runs an unprepared schema statement, waiting for schema agreement.
+    fn schema(&self, cql: &str) -> KvsResult<()> {
+        match self.block_on(self.session.query_unpaged(cql, ())) {
+            Ok(_) => Ok(()),
+            // The statement was applied; only the agreement wait timed out: wait once more.
+            Err(ExecutionError::SchemaAgreementError(_)) => self
+                .block_on(self.session.await_schema_agreement())
+                .map(drop)
+                .map_err(|e| KvsError::Unavailable {
+                    detail: format!(
+                        "the nodes of {} do not agree on the schema: {e}",
+                        self.describe
+                    ),
+                }),
+            Err(e) => Err(classify(&self.describe, "change the schema", true, &e)),
+        }
+    }
+
+    fn ensure_keyspace(&self) -> KvsResult<()> {
+        self.schema(&format!(
+            "CREATE KEYSPACE IF NOT EXISTS \"{}\" WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': {}}}",
+            self.config.keyspace, self.config.replication_factor
+        ))?;
+        self.schema(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (internal text PRIMARY KEY, name text, metadata blob)",
+            self.qualified(CATALOG)
+        ))
+    }
+
+    fn reload_catalog(&self) -> KvsResult<BTreeSet<TableRef>> {
+        let stmt = self.prepare(
+            &format!("SELECT name FROM {}", self.qualified(CATALOG)),
+            Kind::Read,
+        )?;
+        let names: Vec<(String,)> = self.block_on(async {
+            let mut out = Vec::new();
+            let mut paging = scylla::response::PagingState::start();
+            loop {
+                let (result, next) = self
+                    .session
+                    .execute_single_page(&stmt, (), paging)
+                    .await
+                    .map_err(|e| classify(&self.describe, "read the catalogue", false, &e))?;
+                out.extend(rows::<(String,)>(result)?);
+                match next.into_paging_control_flow() {
+                    std::ops::ControlFlow::Break(()) => return Ok::<_, KvsError>(out),
+                    std::ops::ControlFlow::Continue(p) => paging = p,
+                }
+            }
+        })?;
+        let mut tables = BTreeSet::new();
+        for (name,) in names {
+            tables.insert(
+                TableRef::parse(&name)
+                    .map_err(|_| corrupt(format!("malformed catalogue entry {name:?}")))?,
+            );
+        }
+        *self.tables.write().map_err(|_| poisoned())? = tables.clone();
+        Ok(tables)
+    }
+
+    /// The CQL name of an existing table (`TableNotFound` otherwise).
+    fn table(&self, table: &TableRef) -> KvsResult<String> {
+        let known = self.tables.read().map_err(|_| poisoned())?.contains(table);
+        if known || self.reload_catalog()?.contains(table) {
+            return Ok(self.qualified(&internal_name(table)));
+        }
+        Err(KvsError::TableNotFound {
+            table: table.clone(),
+        })
+    }
+
+    /// Maps an error on `table`, turning "no such table" into `TableNotFound`.
+    fn fail(
+        &self,
+        table: &TableRef,
+        operation: &'static str,
+        write: bool,
+        e: &ExecutionError,
+    ) -> KvsError {
+        if is_missing_table(e) {
+            if let Ok(mut cache) = self.tables.write() {
+                cache.remove(table);
+            }
+            return KvsError::TableNotFound {
+                table: table.clone(),
+            };
+        }
+        classify(&self.describe, operation, write, e)
+    }
+
+    /// The newest version below each cell's bound, one request per cell, many at once.
+    fn latest(
+        &self,
+        table: &TableRef,
+        cells: &[(Cell, Timestamp)],
+        with_value: bool,
+    ) -> KvsResult<BTreeMap<Cell, Value>> {
+        let stmt = self.prepare(&cql::latest(&self.table(table)?, with_value), Kind::Read)?;
+        let mut out = BTreeMap::new();
+        for chunk in cells.chunks(CONCURRENCY) {
+            let answers = self.block_on(try_join_all(chunk.iter().map(|(cell, ts)| {
+                self.session
+                    .execute_unpaged(&stmt, (cell.row(), cell.column(), inv(*ts)))
+            })));
+            let answers = answers.map_err(|e| self.fail(table, "get", false, &e))?;
+            for ((cell, _), result) in chunk.iter().zip(answers) {
+                let value = if with_value {
+                    rows::<(i64, Vec<u8>)>(result)?
+                        .into_iter()
+                        .next()
+                        .map(|(c2, v)| Value::new(v, inv(c2)))
+                } else {
+                    rows::<(i64,)>(result)?
+                        .into_iter()
+                        .next()
+                        .map(|(c2,)| Value::new(Vec::new(), inv(c2)))
+                };
+                if let Some(v) = value {
+                    out.insert(cell.clone(), v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every page of a prepared query, as typed rows.
+    fn select_all<R, V>(
+        &self,
+        table: &TableRef,
+        stmt: &PreparedStatement,
+        values: V,
+    ) -> KvsResult<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+        V: scylla::serialize::row::SerializeRow + Clone,
+    {
+        self.block_on(async {
+            let mut out = Vec::new();
+            let mut paging = scylla::response::PagingState::start();
+            loop {
+                let (result, next) = self
+                    .session
+                    .execute_single_page(stmt, values.clone(), paging)
+                    .await
+                    .map_err(|e| self.fail(table, "read", false, &e))?;
+                out.extend(rows::<R>(result)?);
+                match next.into_paging_control_flow() {
+                    std::ops::ControlFlow::Break(()) => return Ok(out),
+                    std::ops::ControlFlow::Continue(p) => paging = p,
+                }
+            }
+        })
+    }
+
+    /// Refuses a put that would change the value of an existing (cell, ts).
+    fn check_rewrites(
+        &self,
+        table: &TableRef,
+        versions: &[(&Cell, Timestamp, &[u8])],
+    ) -> KvsResult<()> {
+        let stmt = self.prepare(&cql::exact(&self.table(table)?), Kind::Read)?;
+        for chunk in versions.chunks(CONCURRENCY) {
+            let answers = self
+                .block_on(try_join_all(chunk.iter().map(|(cell, ts, _)| {
+                    self.session
+                        .execute_unpaged(&stmt, (cell.row(), cell.column(), inv(*ts)))
+                })))
+                .map_err(|e| self.fail(table, "put", false, &e))?;
+            for ((cell, ts, value), result) in chunk.iter().zip(answers) {
+                if let Some((existing,)) = rows::<(Vec<u8>,)>(result)?.into_iter().next() {
+                    if existing.as_slice() != *value {
+                        return Err(KvsError::ValueAlreadyWritten {
+                            table: table.clone(),
+                            cell: (*cell).clone(),
+                            timestamp: *ts,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_versions(
+        &self,
+        table: &TableRef,
+        versions: &[(&Cell, Timestamp, &[u8])],
+    ) -> KvsResult<()> {
+        let stmt = self.prepare(&cql::insert(&self.table(table)?), Kind::Write)?;
+        for chunk in versions.chunks(CONCURRENCY) {
+            self.block_on(try_join_all(chunk.iter().map(|(cell, ts, value)| {
+                self.session.execute_unpaged(
+                    &stmt,
+                    (
+                        cell.row(),
+                        cell.column(),
+                        inv(*ts),
+                        *value,
+                        self.write_timestamp(),
+                    ),
+                )
+            })))
+            .map_err(|e| self.fail(table, "put", true, &e))?;
+        }
+        Ok(())
+    }
+
+    fn put_versions(
+        &self,
+        table: &TableRef,
+        versions: &[(&Cell, Timestamp, &[u8])],
+    ) -> KvsResult<()> {
+        let mut seen: BTreeMap<(&Cell, Timestamp), &[u8]> = BTreeMap::new();
+        for (cell, ts, value) in versions {
+            if let Some(other) = seen.insert((cell, *ts), value) {
+                if other != *value {
+                    return Err(KvsError::ValueAlreadyWritten {
+                        table: table.clone(),
+                        cell: (*cell).clone(),
+                        timestamp: *ts,
+                    });
+                }
+            }
+        }
+        self.check_rewrites(table, versions)?;
+        self.write_versions(table, versions)
+    }
+
+    /// One lightweight insert-if-absent of an atomic cell.
+    fn insert_if_absent(
+        &self,
+        table: &TableRef,
+        cell: &Cell,
+        value: &[u8],
+    ) -> KvsResult<(bool, Option<Vec<u8>>)> {
+        let stmt = self.prepare(&cql::insert_if_absent(&self.table(table)?), Kind::Lwt)?;
+        let result = self
+            .block_on(
+                self.session
+                    .execute_unpaged(&stmt, (cell.row(), cell.column(), value)),
+            )
+            .map_err(|e| self.fail(table, "put_unless_exists", true, &e))?;
+        lwt_outcome(result)
+    }
+
+    fn delete_cells(&self, table: &TableRef, versions: &[(&Cell, Timestamp)]) -> KvsResult<()> {
+        let stmt = self.prepare(&cql::delete_version(&self.table(table)?), Kind::Delete)?;
+        for chunk in versions.chunks(CONCURRENCY) {
+            self.block_on(try_join_all(chunk.iter().map(|(cell, ts)| {
+                self.session.execute_unpaged(
+                    &stmt,
+                    (self.write_timestamp(), cell.row(), cell.column(), inv(*ts)),
+                )
+            })))
+            .map_err(|e| self.fail(table, "delete", true, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Versions of one row's cells as read (newest first per cell), reduced to the newest
+    /// version below `ts` of each column.
+    fn newest_per_column(
+        versions: Vec<(Vec<u8>, i64, Vec<u8>)>,
+        ts: Timestamp,
+    ) -> BTreeMap<Vec<u8>, Value> {
+        let mut out = BTreeMap::new();
+        for (column, c2, value) in versions {
+            let version_ts = inv(c2);
+            if version_ts < ts && !out.contains_key(&column) {
+                out.insert(column, Value::new(value, version_ts));
+            }
+        }
+        out
+    }
+}
+
+impl KeyValueService for CassandraKvs {
+    fn backend_name(&self) -> &'static str {
+        "cassandra"
+    }
+
+    fn shared_between_processes(&self) -> bool {
+        true
+    }
+
+    fn create_table(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()> {
+        let internal = internal_name(table);
+        if internal.len() > MAX_CQL_NAME {
+            return Err(KvsError::InvalidTableName {
+                name: table.qualified_name(),
+                reason: "on Cassandra, namespace and name together must fit in 46 bytes (CQL table names are at most 48)",
+            });
+        }
+        let catalog = self.qualified(CATALOG);
+        let read = self.prepare(
+            &format!("SELECT name FROM {catalog} WHERE internal = ?"),
+            Kind::Read,
+        )?;
+        let existing: Vec<(String,)> = self.select_all(table, &read, (internal.as_str(),))?;
+        if let Some((name,)) = existing.first() {
+            if *name != table.qualified_name() {
+                return Err(KvsError::InvalidTableName {
+                    name: table.qualified_name(),
+                    reason:
+                        "its Cassandra name (namespace__name) is already taken by another table",
+                });
+            }
+        }
+        self.schema(&cql::create_table(&self.qualified(&internal)))?;
+        let write = self.prepare(
+            &format!("INSERT INTO {catalog} (internal, name, metadata) VALUES (?, ?, ?)"),
+            Kind::Write,
+        )?;
+        self.block_on(self.session.execute_unpaged(
+            &write,
+            (internal.as_str(), table.qualified_name(), metadata),
+        ))
+        .map_err(|e| classify(&self.describe, "create_table", true, &e))?;
+        self.tables
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(table.clone());
+        Ok(())
+    }
+
+    fn drop_table(&self, table: &TableRef) -> KvsResult<()> {
+        let internal = internal_name(table);
+        let delete = self.prepare(
+            &format!("DELETE FROM {} WHERE internal = ?", self.qualified(CATALOG)),
+            Kind::Write,
+        )?;
+        self.block_on(self.session.execute_unpaged(&delete, (internal.as_str(),)))
+            .map_err(|e| classify(&self.describe, "drop_table", true, &e))?;
+        self.schema(&format!(
+            "DROP TABLE IF EXISTS {}",
+            self.qualified(&internal)
+        ))?;
+        self.tables.write().map_err(|_| poisoned())?.remove(table);
+        Ok(())
+    }
+
+    fn truncate_table(&self, table: &TableRef) -> KvsResult<()> {
+        let q = self.table(table)?;
+        self.block_on(self.session.query_unpaged(format!("TRUNCATE {q}"), ()))
+            .map_err(|e| self.fail(table, "truncate_table", true, &e))?;
+        Ok(())
+    }
+
+    fn list_tables(&self) -> KvsResult<Vec<TableRef>> {
+        Ok(self.reload_catalog()?.into_iter().collect())
+    }
+
+    fn table_metadata(&self, table: &TableRef) -> KvsResult<Vec<u8>> {
+        let stmt = self.prepare(
+            &format!(
+                "SELECT metadata FROM {} WHERE internal = ?",
+                self.qualified(CATALOG)
+            ),
+            Kind::Read,
+        )?;
+        let internal = internal_name(table);
+        let found: Vec<(Option<Vec<u8>>,)> = self.select_all(table, &stmt, (internal.as_str(),))?;
+        match found.into_iter().next() {
+            Some((m,)) => Ok(m.unwrap_or_default()),
+            None => Err(KvsError::TableNotFound {
+                table: table.clone(),
+            }),
+        }
+    }
+
+    fn put_table_metadata(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()> {
+        self.table(table)?;
+        self.create_table(table, metadata)
+    }
+
+    fn get(
+        &self,
+        table: &TableRef,
+        cells: &[(Cell, Timestamp)],
+    ) -> KvsResult<BTreeMap<Cell, Value>> {
+        for (_, ts) in cells {
+            validate_read_ts(*ts)?;
+        }
+        self.latest(table, cells, true)
+    }
+
+    fn get_rows(
+        &self,
+        table: &TableRef,
+        rows: &[Vec<u8>],
+        columns: &ColumnSelection,
+        ts: Timestamp,
+    ) -> KvsResult<BTreeMap<Cell, Value>> {
+        validate_read_ts(ts)?;
+        let q = self.table(table)?;
+        let only = match columns {
+            ColumnSelection::All => None,
+            ColumnSelection::Only(c) if c.is_empty() => return Ok(BTreeMap::new()),
+            ColumnSelection::Only(c) => Some(c.clone()),
+        };
+        let stmt = self.prepare(&cql::row(&q, only.is_some()), Kind::Read)?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let versions: Vec<(Vec<u8>, i64, Vec<u8>)> = match &only {
+                Some(cols) => self.select_all(table, &stmt, (row.as_slice(), cols.clone()))?,
+                None => self.select_all(table, &stmt, (row.as_slice(),))?,
+            };
+            for (column, value) in Self::newest_per_column(versions, ts) {
+                out.insert(Cell::new(row.clone(), column)?, value);
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_range<'a>(
+        &'a self,
+        table: &TableRef,
+        request: &RangeRequest,
+        ts: Timestamp,
+    ) -> KvsResult<RowIter<'a>> {
+        validate_read_ts(ts)?;
+        self.table(table)?;
+        let scan = scan::RangeScan::new(self, table.clone(), request.clone(), ts)?;
+        if request.reverse {
+            let mut all = scan.collect::<KvsResult<Vec<_>>>()?;
+            all.reverse();
+            return Ok(Box::new(all.into_iter().map(Ok)));
+        }
+        Ok(Box::new(scan))
+    }
+
+    fn get_rows_column_range<'a>(
+        &'a self,
+        table: &TableRef,
+        rows: &[Vec<u8>],
+        columns: &ColumnRange,
+        ts: Timestamp,
+    ) -> KvsResult<CellIter<'a>> {
+        validate_read_ts(ts)?;
+        let q = self.table(table)?;
+        let (start, end) = (&columns.start, &columns.end);
+        if !start.is_empty() && !end.is_empty() && start >= end {
+            return Ok(Box::new(std::iter::empty()));
+        }
+        let stmt = self.prepare(
+            &cql::row_columns(&q, !start.is_empty(), !end.is_empty()),
+            Kind::Read,
+        )?;
+        let table = table.clone();
+        let mut out = Vec::new();
+        // Rows in caller order, each read whole (paged) and reduced to its visible cells.
+        for row in rows {
+            let versions: Vec<(Vec<u8>, i64, Vec<u8>)> = match (start.is_empty(), end.is_empty()) {
+                (true, true) => self.select_all(&table, &stmt, (row.as_slice(),))?,
+                (false, true) => {
+                    self.select_all(&table, &stmt, (row.as_slice(), start.as_slice()))?
+                }
+                (true, false) => {
+                    self.select_all(&table, &stmt, (row.as_slice(), end.as_slice()))?
+                }
+                (false, false) => self.select_all(
+                    &table,
+                    &stmt,
+                    (row.as_slice(), start.as_slice(), end.as_slice()),
+                )?,
+            };
+            for (column, value) in Self::newest_per_column(versions, ts) {
+                out.push(Cell::new(row.clone(), column).map(|c| (c, value)));
+            }
+        }
+        Ok(Box::new(out.into_iter()))
+    }
+
+    fn get_latest_timestamps(
+        &self,
+        table: &TableRef,
+        cells: &[(Cell, Timestamp)],
+    ) -> KvsResult<BTreeMap<Cell, Timestamp>> {
+        for (_, ts) in cells {
+            validate_read_ts(*ts)?;
+        }
+        Ok(self
+            .latest(table, cells, false)?
+            .into_iter()
+            .map(|(c, v)| (c, v.timestamp))
+            .collect())
+    }
+
+    fn get_all_timestamps(
+        &self,
+        table: &TableRef,
+        cells: &[Cell],
+        ts: Timestamp,
+    ) -> KvsResult<BTreeMap<Cell, Vec<Timestamp>>> {
+        validate_read_ts(ts)?;
+        let stmt = self.prepare(&cql::cell_versions(&self.table(table)?), Kind::Read)?;
+        let mut out = BTreeMap::new();
+        for cell in cells {
+            let found: Vec<(i64,)> =
+                self.select_all(table, &stmt, (cell.row(), cell.column(), inv(ts)))?;
+            if !found.is_empty() {
+                // Newest first as stored: reverse to ascending.
+                out.insert(
+                    cell.clone(),
+                    found.into_iter().rev().map(|(c2,)| inv(c2)).collect(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_candidate_cells_for_sweeping(
+        &self,
+        table: &TableRef,
+        request: &CandidateCellsRequest,
+    ) -> KvsResult<CandidatePage> {
+        validate_read_ts(request.max_ts_exclusive)?;
+        self.table(table)?;
+        let batch = request.batch_size.clamp(1, 100_000);
+        let start_row = request
+            .start
+            .as_ref()
+            .map(|c| c.row().to_vec())
+            .unwrap_or_default();
+        let mut versions = scan::VersionScan::new(self, table.clone(), start_row, Vec::new())?;
+        let mut cells = Vec::new();
+        let mut current: Option<(Cell, Vec<(Timestamp, bool)>)> = None;
+        while let Some(version) = versions.next_version()? {
+            let (row, column, ts, empty) = version;
+            if let Some(start) = &request.start {
+                if (row.as_slice(), column.as_slice()) < (start.row(), start.column()) {
+                    continue;
+                }
+            }
+            let same = current
+                .as_ref()
+                .is_some_and(|(c, _)| c.row() == row.as_slice() && c.column() == column.as_slice());
+            if !same {
+                if let Some((cell, vs)) = current.take() {
+                    if let Some(candidate) = scan::candidate(cell, vs, request) {
+                        cells.push(candidate);
+                    }
+                }
+                if cells.len() == batch {
+                    return Ok(CandidatePage {
+                        cells,
+                        next_start: Some(Cell::new(row, column)?),
+                    });
+                }
+                current = Some((Cell::new(row, column)?, Vec::new()));
+            }
+            if ts < request.max_ts_exclusive {
+                if let Some((_, vs)) = current.as_mut() {
+                    vs.push((ts, empty));
+                }
+            }
+        }
+        if let Some((cell, vs)) = current.take() {
+            if let Some(candidate) = scan::candidate(cell, vs, request) {
+                cells.push(candidate);
+            }
+        }
+        Ok(CandidatePage {
+            cells,
+            next_start: None,
+        })
+    }
+
+    fn put(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)], ts: Timestamp) -> KvsResult<()> {
+        validate_version_ts(ts, false)?;
+        self.table(table)?;
+        let versions: Vec<(&Cell, Timestamp, &[u8])> =
+            writes.iter().map(|(c, v)| (c, ts, v.as_slice())).collect();
+        self.put_versions(table, &versions)
+    }
+
+    fn multi_put(&self, writes: &[(TableRef, CellWrites)], ts: Timestamp) -> KvsResult<()> {
+        validate_version_ts(ts, false)?;
+        for (table, _) in writes {
+            self.table(table)?;
+        }
+        // Check everything first: a refused write leaves nothing behind.
+        for (table, cells) in writes {
+            let versions: Vec<(&Cell, Timestamp, &[u8])> =
+                cells.iter().map(|(c, v)| (c, ts, v.as_slice())).collect();
+            self.check_rewrites(table, &versions)?;
+        }
+        for (table, cells) in writes {
+            let versions: Vec<(&Cell, Timestamp, &[u8])> =
+                cells.iter().map(|(c, v)| (c, ts, v.as_slice())).collect();
+            self.write_versions(table, &versions)?;
+        }
+        Ok(())
+    }
+
+    fn put_with_timestamps(&self, table: &TableRef, values: &[(Cell, Value)]) -> KvsResult<()> {
+        for (_, v) in values {
+            validate_version_ts(v.timestamp, true)?;
+        }
+        self.table(table)?;
+        let versions: Vec<(&Cell, Timestamp, &[u8])> = values
+            .iter()
+            .map(|(c, v)| (c, v.timestamp, v.contents.as_slice()))
+            .collect();
+        self.put_versions(table, &versions)
+    }
+
+    fn put_unless_exists(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)]) -> KvsResult<()> {
+        self.table(table)?;
+        let mut written: Vec<&Cell> = Vec::new();
+        let mut existing = Vec::new();
+        for (cell, value) in writes {
+            let (applied, _) = self.insert_if_absent(table, cell, value)?;
+            if applied {
+                written.push(cell);
+            } else {
+                existing.push(cell.clone());
+            }
+        }
+        if existing.is_empty() {
+            return Ok(());
+        }
+        // All or nothing: undo the cells this call wrote.
+        let undo: Vec<(&Cell, Timestamp)> = written.into_iter().map(|c| (c, ATOMIC_TS)).collect();
+        self.delete_cells(table, &undo)?;
+        Err(KvsError::KeyAlreadyExists {
+            table: table.clone(),
+            cells: existing,
+        })
+    }
+
+    fn check_and_set(&self, table: &TableRef, request: &CheckAndSetRequest) -> KvsResult<()> {
+        let cell = &request.cell;
+        let (applied, actual) = match &request.expected {
+            None => self.insert_if_absent(table, cell, &request.new_value)?,
+            Some(expected) => {
+                let stmt = self.prepare(&cql::update_if(&self.table(table)?), Kind::Lwt)?;
+                let result = self
+                    .block_on(self.session.execute_unpaged(
+                        &stmt,
+                        (
+                            request.new_value.as_slice(),
+                            cell.row(),
+                            cell.column(),
+                            expected.as_slice(),
+                        ),
+                    ))
+                    .map_err(|e| self.fail(table, "check_and_set", true, &e))?;
+                lwt_outcome(result)?
+            }
+        };
+        if applied {
+            return Ok(());
+        }
+        Err(KvsError::CheckAndSetFailed {
+            table: table.clone(),
+            cell: cell.clone(),
+            actual,
+        })
+    }
+
+    fn delete(&self, table: &TableRef, versions: &[(Cell, Timestamp)]) -> KvsResult<()> {
+        self.table(table)?;
+        let versions: Vec<(&Cell, Timestamp)> = versions.iter().map(|(c, t)| (c, *t)).collect();
+        self.delete_cells(table, &versions)
+    }
+
+    fn delete_range(&self, table: &TableRef, rows: &RowRange) -> KvsResult<()> {
+        let q = self.table(table)?;
+        if !rows.start.is_empty() && !rows.end.is_empty() && rows.start >= rows.end {
+            return Ok(());
+        }
+        let keys = scan::keys_in_range(self, table, &q, rows)?;
+        let stmt = self.prepare(&cql::delete_row(&q), Kind::Delete)?;
+        for chunk in keys.chunks(CONCURRENCY) {
+            self.block_on(try_join_all(chunk.iter().map(|key| {
+                self.session
+                    .execute_unpaged(&stmt, (self.write_timestamp(), key.as_slice()))
+            })))
+            .map_err(|e| self.fail(table, "delete_range", true, &e))?;
+        }
+        Ok(())
+    }
+
+    fn delete_all_timestamps(
+        &self,
+        table: &TableRef,
+        deletes: &[(Cell, TimestampRangeDelete)],
+    ) -> KvsResult<()> {
+        let stmt = self.prepare(
+            &cql::delete_versions_between(&self.table(table)?),
+            Kind::Delete,
+        )?;
+        for chunk in deletes.chunks(CONCURRENCY) {
+            self.block_on(try_join_all(chunk.iter().map(|(cell, range)| {
+                let (min, max) = range.bounds();
+                // Inverted: the newest (max) has the smallest clustering value.
+                self.session.execute_unpaged(
+                    &stmt,
+                    (
+                        self.write_timestamp(),
+                        cell.row(),
+                        cell.column(),
+                        inv(max),
+                        inv(min),
+                    ),
+                )
+            })))
+            .map_err(|e| self.fail(table, "delete_all_timestamps", true, &e))?;
+        }
+        Ok(())
+    }
+
+    fn add_garbage_collection_sentinel_values(
+        &self,
+        table: &TableRef,
+        cells: &[Cell],
+    ) -> KvsResult<()> {
+        self.table(table)?;
+        let versions: Vec<(&Cell, Timestamp, &[u8])> = cells
+            .iter()
+            .map(|c| (c, SWEEP_SENTINEL_TS, &[][..]))
+            .collect();
+        self.write_versions(table, &versions)
+    }
+}

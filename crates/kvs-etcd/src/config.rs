@@ -1,0 +1,141 @@
+//! Configuration of the etcd backend.
+//!
+//! ```yaml
+//! keyValueService:
+//!   type: etcd
+//!   endpoints: [http://10.0.0.1:2379, http://10.0.0.2:2379, http://10.0.0.3:2379]
+//!   prefix: /ortelius          # every key of this store lives under it
+//!   connectTimeout: 5s
+//!   requestTimeout: 10s
+//!   user: app                  # optional, with passwordFile
+//!   passwordFile: /etc/app/etcd-password
+//!   maxTxnOps: 128             # the server's --max-txn-ops
+//!   maxRequestBytes: 1048576   # stay under the server's --max-request-bytes (1.5 MiB)
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ortelius_kvs::{KvsError, KvsResult};
+use serde::{Deserialize, Deserializer};
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_connect", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_request", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_ops")]
+    pub max_txn_ops: usize,
+    #[serde(default = "default_bytes")]
+    pub max_request_bytes: usize,
+}
+
+fn default_prefix() -> String {
+    "/ortelius".to_owned()
+}
+fn default_connect() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_request() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ops() -> usize {
+    128
+}
+fn default_bytes() -> usize {
+    1 << 20
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    let parsed = match Raw::deserialize(d)? {
+        Raw::Secs(s) => Some(Duration::from_secs(s)),
+        Raw::Text(t) => {
+            let t = t.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (n, unit) = t.split_at(split);
+            n.parse::<u64>().ok().and_then(|n| match unit {
+                "ms" => Some(Duration::from_millis(n)),
+                "s" | "" => Some(Duration::from_secs(n)),
+                "m" => n.checked_mul(60).map(Duration::from_secs),
+                _ => None,
+            })
+        }
+    };
+    match parsed {
+        Some(d) if !d.is_zero() && d <= Duration::from_secs(3600) => Ok(d),
+        _ => Err(serde::de::Error::custom(
+            "expected a duration between 1ms and 1h, like 10s or 500ms",
+        )),
+    }
+}
+
+impl EtcdConfig {
+    pub fn new(endpoints: Vec<String>, prefix: &str) -> Self {
+        Self {
+            endpoints,
+            prefix: prefix.to_owned(),
+            connect_timeout: default_connect(),
+            request_timeout: default_request(),
+            user: None,
+            password_file: None,
+            max_txn_ops: default_ops(),
+            max_request_bytes: default_bytes(),
+        }
+    }
+
+    pub fn validate(&self) -> KvsResult<()> {
+        let invalid = |detail: String| KvsError::Storage { detail };
+        if self.endpoints.is_empty() {
+            return Err(invalid(
+                "etcd endpoints is empty; list the members' client URLs".to_owned(),
+            ));
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 || self.prefix.ends_with('/') {
+            return Err(invalid(format!(
+                "etcd prefix {:?} must start with '/', be more than '/' and not end with '/'",
+                self.prefix
+            )));
+        }
+        if !(8..=10_000).contains(&self.max_txn_ops) {
+            return Err(invalid("etcd maxTxnOps must be in 8..=10000".to_owned()));
+        }
+        if !(64 << 10..=64 << 20).contains(&self.max_request_bytes) {
+            return Err(invalid(
+                "etcd maxRequestBytes must be between 64 KiB and 64 MiB".to_owned(),
+            ));
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return Err(invalid("etcd user and passwordFile go together".to_owned()));
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self) -> String {
+        format!("etcd {} (prefix {})", self.endpoints.join(","), self.prefix)
+    }
+
+    pub(crate) fn password(&self) -> KvsResult<Option<String>> {
+        let Some(file) = &self.password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| KvsError::Storage {
+            detail: format!("cannot read the etcd password file {}: {e}", file.display()),
+        })?;
+        Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+    }
+}

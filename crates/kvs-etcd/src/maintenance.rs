@@ -1,0 +1,132 @@
+//! Space: every write and delete (sweep's too) leaves history in etcd until it is compacted,
+//! and compacted space returns to the filesystem only after a defragmentation. `maintain`
+//! compacts history older than a retention and defragments the members one at a time (a
+//! member is briefly unavailable while it defragments) once their files have grown well past
+//! what they use. Run it periodically (`spawn_maintenance`), or use etcd's own
+//! `--auto-compaction-*` flags and defragment from the operator's tooling.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, CompactionOptions, ConnectOptions};
+use ortelius_kvs::KvsResult;
+
+use crate::{classify, EtcdKvs};
+
+/// What one maintenance pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// The revision history was compacted up to (0: nothing compacted).
+    pub compacted_to: i64,
+    /// Members defragmented.
+    pub defragmented: usize,
+    /// Largest member database file before and after, bytes.
+    pub largest_before: i64,
+    pub largest_after: i64,
+}
+
+impl EtcdKvs {
+    /// Compacts revisions older than `keep_revisions` behind the current one, then
+    /// defragments each member whose database file exceeds `defragment_above` bytes.
+    pub fn maintain(
+        &self,
+        keep_revisions: i64,
+        defragment_above: i64,
+    ) -> KvsResult<MaintenanceReport> {
+        let mut report = MaintenanceReport::default();
+        let (_, _, revision) =
+            self.range(self.prefix.clone(), self.prefix.clone(), 1, true, None)?;
+        let target = revision - keep_revisions;
+        if target > 0 {
+            let mut client = self.client();
+            match self
+                .block_on(client.compact(target, Some(CompactionOptions::new().with_physical())))
+            {
+                Ok(_) => report.compacted_to = target,
+                // Already compacted that far (another process did it): fine.
+                Err(e) if e.to_string().contains("compacted") => {}
+                Err(e) => return Err(classify(&self.describe, "compact", true, &e)),
+            }
+        }
+        for endpoint in &self.config.endpoints {
+            let options = ConnectOptions::new()
+                .with_connect_timeout(self.config.connect_timeout)
+                .with_timeout(Duration::from_secs(60));
+            let mut member = self
+                .block_on(Client::connect([endpoint.as_str()], Some(options)))
+                .map_err(|e| classify(&self.describe, "reach a member", false, &e))?;
+            let status = self
+                .block_on(member.status())
+                .map_err(|e| classify(&self.describe, "read a member's status", false, &e))?;
+            let before = status.db_size();
+            report.largest_before = report.largest_before.max(before);
+            let mut after = before;
+            if before > defragment_above {
+                self.block_on(member.defragment())
+                    .map_err(|e| classify(&self.describe, "defragment a member", true, &e))?;
+                report.defragmented += 1;
+                after = self
+                    .block_on(member.status())
+                    .map(|s| s.db_size())
+                    .unwrap_or(before);
+            }
+            report.largest_after = report.largest_after.max(after);
+        }
+        Ok(report)
+    }
+}
+
+/// Runs [`EtcdKvs::maintain`] every `interval` until dropped; the last report is kept.
+pub struct Maintenance {
+    stop: Arc<AtomicBool>,
+    last: Arc<Mutex<Option<Result<MaintenanceReport, String>>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Maintenance {
+    pub fn spawn(
+        kvs: Arc<EtcdKvs>,
+        interval: Duration,
+        keep_revisions: i64,
+        defragment_above: i64,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let last = Arc::new(Mutex::new(None));
+        let (flag, out) = (stop.clone(), last.clone());
+        let handle = std::thread::Builder::new()
+            .name("ortelius-etcd-maintenance".to_owned())
+            .spawn(move || {
+                let mut next = Instant::now() + interval;
+                while !flag.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if Instant::now() < next {
+                        continue;
+                    }
+                    next = Instant::now() + interval;
+                    let report = kvs
+                        .maintain(keep_revisions, defragment_above)
+                        .map_err(|e| e.to_string());
+                    if let Ok(mut l) = out.lock() {
+                        *l = Some(report);
+                    }
+                }
+            })
+            .ok();
+        Self { stop, last, handle }
+    }
+
+    /// The last pass's report, if one ran.
+    pub fn last(&self) -> Option<Result<MaintenanceReport, String>> {
+        self.last.lock().ok()?.clone()
+    }
+}
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

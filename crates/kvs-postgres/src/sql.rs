@@ -1,0 +1,210 @@
+//! SQL text for one data table (`"<schema>".t_<id>`), built per shape of request. Statements
+//! are prepared once per connection and cached by their text.
+
+/// The relation of a table id.
+pub(crate) fn relation(schema: &str, id: i64) -> String {
+    format!("\"{schema}\".t_{id}")
+}
+
+pub(crate) fn create_table(rel: &str) -> String {
+    format!(
+        "CREATE TABLE {rel} (row_name bytea NOT NULL, col_name bytea NOT NULL, ts bigint NOT NULL, \
+         val bytea NOT NULL, PRIMARY KEY (row_name, col_name, ts))"
+    )
+}
+
+/// Latest version below a per-cell bound, one index probe per cell: `$1` rows, `$2` columns,
+/// `$3` bounds; answers (ordinal, ts, val).
+pub(crate) fn get_cells(rel: &str, with_values: bool) -> String {
+    let val = if with_values { ", v.val" } else { "" };
+    let inner_val = if with_values { ", t.val" } else { "" };
+    format!(
+        "SELECT k.i, v.ts{val} FROM unnest($1::bytea[], $2::bytea[], $3::int8[]) WITH ORDINALITY AS k(r, c, b, i) \
+         CROSS JOIN LATERAL (SELECT t.ts{inner_val} FROM {rel} t WHERE t.row_name = k.r AND t.col_name = k.c \
+         AND t.ts < k.b ORDER BY t.ts DESC LIMIT 1) v"
+    )
+}
+
+/// Latest version below `$2` of every (selected) cell of rows `$1` (columns `$3`).
+pub(crate) fn get_rows(rel: &str, only_columns: bool) -> String {
+    let cols = if only_columns {
+        " AND col_name = ANY($3)"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT DISTINCT ON (row_name, col_name) row_name, col_name, ts, val FROM {rel} \
+         WHERE row_name = ANY($1) AND ts < $2{cols} ORDER BY row_name, col_name, ts DESC"
+    )
+}
+
+/// The shape of one page of a range scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RangeShape {
+    pub has_start: bool,
+    pub has_end: bool,
+    pub has_cursor: bool,
+    pub only_columns: bool,
+    pub reverse: bool,
+}
+
+/// One page of a range scan: the latest version below `$1` of each cell, `LIMIT $2`, then the
+/// optional parameters in order: start, end, cursor row, cursor column, columns.
+pub(crate) fn range_page(rel: &str, shape: RangeShape) -> String {
+    let mut conditions = vec!["ts < $1".to_owned()];
+    let mut n = 2;
+    let mut param = || {
+        n += 1;
+        n
+    };
+    if shape.has_start {
+        conditions.push(format!("row_name >= ${}", param()));
+    }
+    if shape.has_end {
+        conditions.push(format!("row_name < ${}", param()));
+    }
+    if shape.has_cursor {
+        let (r, c) = (param(), param());
+        let op = if shape.reverse { "<" } else { ">" };
+        conditions.push(format!("(row_name, col_name) {op} (${r}, ${c})"));
+    }
+    if shape.only_columns {
+        conditions.push(format!("col_name = ANY(${})", param()));
+    }
+    let order = if shape.reverse {
+        "row_name DESC, col_name DESC, ts DESC"
+    } else {
+        "row_name, col_name, ts DESC"
+    };
+    format!(
+        "SELECT DISTINCT ON (row_name, col_name) row_name, col_name, ts, val FROM {rel} WHERE {} \
+         ORDER BY {order} LIMIT $2",
+        conditions.join(" AND ")
+    )
+}
+
+/// One page of a column range of one row `$1`, below `$2`, `LIMIT $3`, then optional start,
+/// end and cursor columns.
+pub(crate) fn column_range_page(
+    rel: &str,
+    has_start: bool,
+    has_end: bool,
+    has_cursor: bool,
+) -> String {
+    let mut conditions = vec!["row_name = $1".to_owned(), "ts < $2".to_owned()];
+    let mut n = 3;
+    if has_start {
+        n += 1;
+        conditions.push(format!("col_name >= ${n}"));
+    }
+    if has_end {
+        n += 1;
+        conditions.push(format!("col_name < ${n}"));
+    }
+    if has_cursor {
+        n += 1;
+        conditions.push(format!("col_name > ${n}"));
+    }
+    format!(
+        "SELECT DISTINCT ON (col_name) col_name, ts, val FROM {rel} WHERE {} \
+         ORDER BY col_name, ts DESC LIMIT $3",
+        conditions.join(" AND ")
+    )
+}
+
+/// Every version timestamp below `$3` of cells `$1`/`$2`, by cell ordinal then ascending.
+pub(crate) fn all_timestamps(rel: &str) -> String {
+    format!(
+        "SELECT k.i, t.ts FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS k(r, c, i) \
+         JOIN {rel} t ON t.row_name = k.r AND t.col_name = k.c WHERE t.ts < $3 ORDER BY k.i, t.ts"
+    )
+}
+
+/// A page of sweep candidates: cells with versions below `$1`, newest first, `LIMIT $2`, from
+/// cell (`$3`, `$4`) on when `from`.
+pub(crate) fn candidates(rel: &str, from: bool) -> String {
+    let start = if from {
+        " AND (row_name, col_name) >= ($3, $4)"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT row_name, col_name, array_agg(ts ORDER BY ts DESC), array_agg(length(val) = 0 ORDER BY ts DESC) \
+         FROM {rel} WHERE ts < $1{start} GROUP BY row_name, col_name ORDER BY row_name, col_name LIMIT $2"
+    )
+}
+
+/// Writes versions (`$1` rows, `$2` columns, `$3` timestamps, `$4` values) unless some
+/// (cell, ts) already holds a different value; answers `('d', cell)` for such a difference
+/// (then nothing is written) or `('i', cell)` for every version inserted.
+pub(crate) fn put_versions(rel: &str) -> String {
+    format!(
+        "WITH input(r, c, t, v) AS (SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[])), \
+         differing AS (SELECT i.r, i.c, i.t FROM input i JOIN {rel} x ON x.row_name = i.r AND x.col_name = i.c \
+           AND x.ts = i.t WHERE x.val <> i.v LIMIT 1), \
+         inserted AS (INSERT INTO {rel} (row_name, col_name, ts, val) SELECT r, c, t, v FROM input \
+           WHERE NOT EXISTS (SELECT 1 FROM differing) ON CONFLICT DO NOTHING RETURNING row_name, col_name, ts) \
+         SELECT 'd', r, c, t FROM differing UNION ALL SELECT 'i', row_name, col_name, ts FROM inserted"
+    )
+}
+
+/// The first input version whose (cell, ts) holds a different value.
+pub(crate) fn find_differing(rel: &str) -> String {
+    format!(
+        "SELECT i.r, i.c, i.t FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[]) AS i(r, c, t, v) \
+         JOIN {rel} x ON x.row_name = i.r AND x.col_name = i.c AND x.ts = i.t WHERE x.val <> i.v LIMIT 1"
+    )
+}
+
+pub(crate) fn insert_atomic_one(rel: &str) -> String {
+    format!(
+        "INSERT INTO {rel} (row_name, col_name, ts, val) VALUES ($1, $2, 0, $3) ON CONFLICT DO NOTHING RETURNING 1"
+    )
+}
+
+pub(crate) fn insert_atomic_many(rel: &str) -> String {
+    format!(
+        "INSERT INTO {rel} (row_name, col_name, ts, val) SELECT r, c, 0, v FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) AS k(r, c, v) \
+         ON CONFLICT DO NOTHING RETURNING row_name, col_name"
+    )
+}
+
+pub(crate) fn compare_and_swap(rel: &str) -> String {
+    format!(
+        "UPDATE {rel} SET val = $4 WHERE row_name = $1 AND col_name = $2 AND ts = 0 AND val = $3 RETURNING 1"
+    )
+}
+
+pub(crate) fn read_atomic(rel: &str) -> String {
+    format!("SELECT val FROM {rel} WHERE row_name = $1 AND col_name = $2 AND ts = 0")
+}
+
+pub(crate) fn delete_versions(rel: &str) -> String {
+    format!(
+        "DELETE FROM {rel} t USING unnest($1::bytea[], $2::bytea[], $3::int8[]) AS k(r, c, ts) \
+         WHERE t.row_name = k.r AND t.col_name = k.c AND t.ts = k.ts"
+    )
+}
+
+pub(crate) fn delete_timestamp_ranges(rel: &str) -> String {
+    format!(
+        "DELETE FROM {rel} t USING unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) AS k(r, c, lo, hi) \
+         WHERE t.row_name = k.r AND t.col_name = k.c AND t.ts BETWEEN k.lo AND k.hi"
+    )
+}
+
+pub(crate) fn delete_rows(rel: &str, has_start: bool, has_end: bool) -> String {
+    match (has_start, has_end) {
+        (true, true) => format!("DELETE FROM {rel} WHERE row_name >= $1 AND row_name < $2"),
+        (true, false) => format!("DELETE FROM {rel} WHERE row_name >= $1"),
+        (false, true) => format!("DELETE FROM {rel} WHERE row_name < $1"),
+        (false, false) => format!("DELETE FROM {rel}"),
+    }
+}
+
+pub(crate) fn add_sentinels(rel: &str) -> String {
+    format!(
+        "INSERT INTO {rel} (row_name, col_name, ts, val) SELECT r, c, -1, ''::bytea \
+         FROM unnest($1::bytea[], $2::bytea[]) AS k(r, c) ON CONFLICT DO NOTHING"
+    )
+}

@@ -1,0 +1,127 @@
+//! Raw snapshots: the engine-level copy of a store that a backup holds (a RocksDB checkpoint,
+//! a PostgreSQL COPY of every table, an etcd snapshot, per-node Cassandra snapshots). Each
+//! backend implements these traits in its own `snapshot.rs`; the backup layer above them is
+//! engine-neutral and never names a backend.
+//!
+//! A raw snapshot need not be consistent on its own (Cassandra's nodes snapshot at different
+//! moments): the backup runbook around it (backup lock, backup and fast-forward timestamps,
+//! cleaning the transactions table on restore) is what makes the restored store consistent.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{KvsError, KvsResult};
+use crate::service::KeyValueService;
+use crate::types::{Cell, TableRef, Value, ATOMIC_TS};
+
+/// Progress of a long snapshot step: (units done, units in total), usually bytes.
+pub type SnapshotProgress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+/// What a snapshot holds beyond its files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// For a store of several nodes: (directory prefix of the snapshot, node it came from).
+    /// Empty for a single-node store.
+    pub origins: Vec<(String, String)>,
+}
+
+/// Takes raw snapshots of a live, open store.
+pub trait SnapshotSource: Send + Sync {
+    /// The store kind recorded in backup manifests (`rocksdb`, `postgres`, ...).
+    fn store_kind(&self) -> &'static str;
+    /// Writes a raw snapshot of the live store into `dir`, which must not exist (its parent
+    /// is created). Writers may keep writing meanwhile.
+    fn take(&self, dir: &Path, progress: SnapshotProgress<'_>) -> KvsResult<SnapshotInfo>;
+}
+
+/// What a restore target holds now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetState {
+    /// Nothing: a restore may go ahead.
+    Empty,
+    /// A restore began and did not finish: running it again starts over.
+    UnfinishedRestore,
+    /// A store with data: a restore would replace it.
+    HasData,
+}
+
+/// A configured store that a snapshot can be restored into (offline).
+pub trait RestoreTarget: Send + Sync {
+    fn store_kind(&self) -> &'static str;
+    /// Where the target is, for messages (a directory, a server and schema, ...).
+    fn describe(&self) -> String;
+    fn state(&self) -> KvsResult<TargetState>;
+    /// Replaces whatever the target holds with the snapshot in `dir`. When it returns, the
+    /// store is complete and carries the restore marker ([`mark_restore_in_progress`]), so
+    /// nothing uses it before the restore has finished; a crash midway leaves either the old
+    /// state or a marked store, never an unmarked partial one.
+    fn load(&self, dir: &Path, progress: SnapshotProgress<'_>) -> KvsResult<()>;
+    /// Opens the target for the rest of the restore, despite the marker.
+    fn open_restoring(&self) -> KvsResult<Arc<dyn KeyValueService>>;
+}
+
+/// Reads snapshots of one store kind without a server (deep verification of a backup).
+pub trait SnapshotFormat: Send + Sync {
+    fn store_kind(&self) -> &'static str;
+    /// Reads every entry of the snapshot, checking checksums and structure as the format
+    /// allows; returns how many entries it read.
+    fn verify(&self, dir: &Path) -> KvsResult<u64>;
+    /// Visits every version of `table` in the snapshot.
+    fn scan_table(
+        &self,
+        dir: &Path,
+        table: &TableRef,
+        visit: &mut dyn FnMut(Cell, Value) -> KvsResult<()>,
+    ) -> KvsResult<()>;
+}
+
+/// The system table whose presence marks a store as being restored.
+pub const RESTORE_MARKER_TABLE: &str = "_restore_in_progress";
+
+fn marker_table() -> KvsResult<TableRef> {
+    TableRef::system(RESTORE_MARKER_TABLE)
+}
+
+/// Marks `kvs` as being restored (idempotent); `note` says from where.
+pub fn mark_restore_in_progress(kvs: &dyn KeyValueService, note: &str) -> KvsResult<()> {
+    let table = marker_table()?;
+    kvs.create_table(&table, note.as_bytes())?;
+    let cell = Cell::new("restore", "from")?;
+    match kvs.put_unless_exists(&table, &[(cell, note.as_bytes().to_vec())]) {
+        Ok(()) | Err(KvsError::KeyAlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `kvs` carries the restore marker.
+pub fn restore_in_progress(kvs: &dyn KeyValueService) -> KvsResult<bool> {
+    Ok(kvs.list_tables()?.contains(&marker_table()?))
+}
+
+/// Fails with `UnfinishedRestore` (naming `store`) if `kvs` carries the restore marker.
+pub fn ensure_no_unfinished_restore(kvs: &dyn KeyValueService, store: &str) -> KvsResult<()> {
+    if restore_in_progress(kvs)? {
+        return Err(KvsError::UnfinishedRestore {
+            store: store.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Removes the restore marker: the last step of a restore.
+pub fn finish_restore(kvs: &dyn KeyValueService) -> KvsResult<()> {
+    kvs.drop_table(&marker_table()?)
+}
+
+/// The marker's note, if any (which backup the unfinished restore came from).
+pub fn restore_note(kvs: &dyn KeyValueService) -> KvsResult<Option<String>> {
+    let table = marker_table()?;
+    if !kvs.list_tables()?.contains(&table) {
+        return Ok(None);
+    }
+    let cell = Cell::new("restore", "from")?;
+    Ok(kvs
+        .get(&table, &[(cell.clone(), ATOMIC_TS + 1)])?
+        .remove(&cell)
+        .map(|v| String::from_utf8_lossy(&v.contents).into_owned()))
+}

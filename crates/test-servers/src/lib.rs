@@ -1,0 +1,50 @@
+//! Real servers for integration tests, on loopback, in temporary directories: started by the
+//! tests themselves (`Postgres::shared()` once per test binary, or a private one for tests that
+//! restart or kill it). Starting fails loudly with the server's own log, never skips.
+//!
+//! A watchdog process stops each server when the test process exits, so a test binary that
+//! ends (or is killed) never leaves servers behind.
+//!
+//! Test support: panics on failure are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod cassandra;
+pub mod etcd;
+pub mod postgres;
+
+pub use cassandra::CassandraCluster;
+pub use etcd::EtcdCluster;
+pub use postgres::Postgres;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot find a free port on 127.0.0.1")
+}
+
+/// Runs `cleanup` (a shell command) once this process has exited, even if it is killed.
+pub fn on_exit(cleanup: &str) {
+    let pid = std::process::id();
+    let script = format!("while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {cleanup}");
+    Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start the cleanup watchdog (setsid sh)");
+}
+
+/// Whether this process runs as root (servers that refuse root then run as another user).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
