@@ -35,7 +35,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &Path, etcd: Option<&[String]>) -> Server {
+    /// `etcd`: the cluster's endpoints and this timelock cluster's key prefix there.
+    fn start(dir: &Path, etcd: Option<(&[String], &str)>) -> Server {
         std::fs::create_dir_all(dir).unwrap();
         let admin = dir.join("admin-token");
         std::fs::write(&admin, ADMIN).unwrap();
@@ -52,12 +53,12 @@ impl Server {
             "--leader-lease".into(),
             "3s".into(),
         ];
-        if let Some(endpoints) = etcd {
+        if let Some((endpoints, prefix)) = etcd {
             args.extend([
                 "--etcd".into(),
                 endpoints.join(","),
                 "--etcd-prefix".into(),
-                format!("/tl-{}", free_port()),
+                prefix.to_owned(),
             ]);
         }
         let mut server = Server {
@@ -331,8 +332,14 @@ fn three_servers_over_etcd_fail_over_without_going_back_in_time_or_losing_commit
     let etcd = EtcdCluster::start(3, &[]);
     let dir = tempfile::tempdir().unwrap();
     let endpoints = etcd.endpoints();
+    let prefix = format!("/timelock-{}", std::process::id());
     let mut servers: Vec<Server> = (0..3)
-        .map(|i| Server::start(&dir.path().join(format!("s{i}")), Some(&endpoints)))
+        .map(|i| {
+            Server::start(
+                &dir.path().join(format!("s{i}")),
+                Some((&endpoints, &prefix)),
+            )
+        })
         .collect();
     let refs: Vec<&Server> = servers.iter().collect();
     let c = client(&refs, true, 30);
@@ -389,9 +396,17 @@ fn three_servers_over_etcd_fail_over_without_going_back_in_time_or_losing_commit
         std::thread::sleep(Duration::from_secs(2));
         // kill -9 the leader mid-workload.
         let leader = servers.iter().position(Server::leads).unwrap();
+        eprintln!(
+            "killing leader {leader} after {} timestamps",
+            observations.lock().unwrap().len()
+        );
         servers[leader].kill();
         *leader_killed_at.lock().unwrap() = Some(Instant::now());
         std::thread::sleep(Duration::from_secs(8));
+        eprintln!(
+            "{} timestamps; losing an etcd member",
+            observations.lock().unwrap().len()
+        );
         // Lose an etcd member: the rest keep a quorum.
         etcd.kill(2);
         std::thread::sleep(Duration::from_secs(2));
@@ -401,6 +416,7 @@ fn three_servers_over_etcd_fail_over_without_going_back_in_time_or_losing_commit
             .iter()
             .position(|s| s.child.is_some() && s.leads())
             .unwrap();
+        eprintln!("pausing leader {paused} past its lease");
         servers[paused].signal("-STOP");
         std::thread::sleep(Duration::from_secs(10));
         servers[paused].signal("-CONT");
@@ -415,6 +431,10 @@ fn three_servers_over_etcd_fail_over_without_going_back_in_time_or_losing_commit
             other => panic!("unexpected answer {other:?}"),
         }
         std::thread::sleep(Duration::from_secs(2));
+        eprintln!(
+            "{} timestamps; stopping",
+            observations.lock().unwrap().len()
+        );
         stop.store(true, Ordering::SeqCst);
     });
     let killed = leader_killed_at.lock().unwrap().unwrap();
@@ -425,6 +445,10 @@ fn three_servers_over_etcd_fail_over_without_going_back_in_time_or_losing_commit
         .map(|o| o.1)
         .min()
         .expect("timestamps were served after the failover");
+    eprintln!(
+        "a new leader served {:?} after the old one was killed",
+        first_after.duration_since(killed)
+    );
     assert!(
         first_after.duration_since(killed) < Duration::from_secs(10),
         "a new leader served after {:?}",

@@ -195,7 +195,10 @@ impl Leadership {
             leader: leader.clone(),
             stop: stop.clone(),
         };
-        runtime.spawn(campaign.run());
+        std::thread::Builder::new()
+            .name("timelock-campaign".to_owned())
+            .spawn(move || campaign.run())
+            .map_err(|e| format!("cannot start the campaign thread: {e}"))?;
         Ok(Self {
             cluster,
             leader,
@@ -235,6 +238,9 @@ struct Campaign {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
+// The campaign runs on a plain thread and enters the runtime only for each etcd call: it takes
+// the authority's lock, which connection threads hold while they wait for etcd, so it must
+// never occupy one of the runtime's workers (whose I/O those connection threads need).
 impl Campaign {
     fn stopped(&self) -> bool {
         self.stop.load(std::sync::atomic::Ordering::SeqCst)
@@ -246,14 +252,25 @@ impl Campaign {
         }
     }
 
-    async fn run(mut self) {
+    /// Runs one etcd call with the lease as its deadline.
+    fn call<T, F>(&self, f: F) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.runtime
+            .block_on(async { tokio::time::timeout(self.lease, f).await })
+            .map_err(|_| "etcd did not answer in time".to_owned())?
+            .map_err(|e| format!("etcd: {e}"))
+    }
+
+    fn run(mut self) {
         while !self.stopped() {
-            match self.campaign_once().await {
+            match self.campaign_once() {
                 Ok(true) => {}
                 // Lost, or someone else leads: look again shortly.
                 Ok(false) | Err(_) => {
                     self.authority.end_term();
-                    tokio::time::sleep(self.lease / 5).await;
+                    std::thread::sleep(self.lease / 5);
                 }
             }
         }
@@ -262,10 +279,11 @@ impl Campaign {
 
     /// One attempt: if the leader key is free, take it and lead until the lease is lost.
     /// Returns whether this server led.
-    async fn campaign_once(&mut self) -> Result<bool, etcd_client::Error> {
+    fn campaign_once(&mut self) -> Result<bool, String> {
         let ttl = i64::try_from(self.lease.as_secs().max(1)).unwrap_or(5);
         let granted_at = Instant::now();
-        let lease = self.client.lease_grant(ttl, None).await?;
+        let mut client = self.client.clone();
+        let lease = self.call(client.lease_grant(ttl, None))?;
         let lease_id = lease.id();
         let txn = Txn::new()
             .when(vec![Compare::create_revision(
@@ -279,7 +297,7 @@ impl Campaign {
                 Some(PutOptions::new().with_lease(lease_id)),
             )])
             .or_else(vec![TxnOp::get(self.keys.leader.clone(), None)]);
-        let response = self.client.txn(txn).await?;
+        let response = self.call(client.txn(txn))?;
         if !response.succeeded() {
             let current = response.op_responses().into_iter().find_map(|op| match op {
                 etcd_client::TxnOpResponse::Get(g) => g
@@ -289,12 +307,12 @@ impl Campaign {
                 _ => None,
             });
             self.set_leader(current);
-            let _ = self.client.lease_revoke(lease_id).await;
+            let _ = self.call(client.lease_revoke(lease_id));
             return Ok(false);
         }
         let epoch = response.header().map_or(0, |h| h.revision());
-        let hwm = self.read_i64(&self.keys.hwm.clone()).await?;
-        let floor = self.read_i64(&self.keys.floor.clone()).await?;
+        let hwm = self.read_i64(&self.keys.hwm.clone())?;
+        let floor = self.read_i64(&self.keys.floor.clone())?;
         let durable = Arc::new(EtcdDurable {
             client: self.client.clone(),
             runtime: self.runtime.clone(),
@@ -303,42 +321,44 @@ impl Campaign {
             me: self.me.clone(),
             timeout: self.lease,
         });
+        let term = u64::try_from(epoch).unwrap_or(0);
         let began = self.authority.begin_term(TermStart {
-            epoch: u64::try_from(epoch).unwrap_or(0),
+            epoch: term,
             durable,
             hwm,
             floor,
             valid_until: granted_at + self.lease,
         });
         if began.is_err() {
-            let _ = self.client.lease_revoke(lease_id).await;
+            let _ = self.call(client.lease_revoke(lease_id));
             return Ok(false);
         }
         self.set_leader(Some(self.me.clone()));
-        let (mut keeper, mut stream) = self.client.lease_keep_alive(lease_id).await?;
-        let term = u64::try_from(epoch).unwrap_or(0);
+        let (mut keeper, mut stream) = self.call(client.lease_keep_alive(lease_id))?;
         while !self.stopped() {
-            tokio::time::sleep(self.lease / 3).await;
+            std::thread::sleep(self.lease / 3);
             let sent_at = Instant::now();
-            let renewed = async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            };
-            match tokio::time::timeout(self.lease / 3, renewed).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                    self.authority.renew(term, sent_at + self.lease);
-                }
+            let renewed = self.runtime.block_on(async {
+                tokio::time::timeout(self.lease / 3, async {
+                    keeper.keep_alive().await?;
+                    stream.message().await
+                })
+                .await
+            });
+            match renewed {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => self.authority.renew(term, sent_at + self.lease),
                 _ => break,
             }
         }
         self.authority.end_term();
         self.set_leader(None);
-        let _ = self.client.lease_revoke(lease_id).await;
+        let _ = self.call(client.lease_revoke(lease_id));
         Ok(true)
     }
 
-    async fn read_i64(&mut self, key: &str) -> Result<i64, etcd_client::Error> {
-        let r = self.client.get(key, None).await?;
+    fn read_i64(&self, key: &str) -> Result<i64, String> {
+        let mut client = self.client.clone();
+        let r = self.call(client.get(key, None))?;
         Ok(r.kvs().first().map_or(0, |kv| decode_i64(kv.value())))
     }
 }
