@@ -82,7 +82,7 @@ pub fn backup_cancellable(
         let oldest = owner.sweep_timestamp()?;
         let backup_ts = owner.fresh_timestamp()?;
         check()?;
-        let snapshot = owner.snapshot(&store)?;
+        let snapshot = owner.snapshot(&store, None)?;
         check()?;
         let fast_forward_ts = owner.fresh_timestamp()?;
         Ok((oldest, backup_ts, snapshot, fast_forward_ts))

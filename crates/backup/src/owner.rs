@@ -101,8 +101,9 @@ pub trait StoreOwner: Send + Sync {
     ) -> Result<BackupLockHolder, OwnerError>;
     fn release_backup_lock(&self) -> Result<BackupLockHolder, OwnerError>;
     fn backup_lock_status(&self) -> Result<BackupLockStatus, OwnerError>;
-    /// A raw snapshot of the live store into `dir` (new).
-    fn snapshot(&self, dir: &Path) -> Result<SnapshotTaken, OwnerError>;
+    /// A raw snapshot of the live store into `dir` (new); with `node`, of that node alone
+    /// (stores of several nodes, snapshotted one node at a time as in the seed runbook).
+    fn snapshot(&self, dir: &Path, node: Option<usize>) -> Result<SnapshotTaken, OwnerError>;
     /// Sweeps one table (`namespace.name`) or all of them.
     fn sweep(&self, table: Option<&str>, dry_run: bool) -> Result<Vec<SweepSummary>, OwnerError>;
 }
@@ -186,11 +187,12 @@ impl StoreOwner for DirectOwner {
         Ok(self.lock.status()?)
     }
 
-    fn snapshot(&self, dir: &Path) -> Result<SnapshotTaken, OwnerError> {
-        let info = self
-            .snapshots
-            .take(dir, &|_, _| {})
-            .map_err(OwnerError::failed)?;
+    fn snapshot(&self, dir: &Path, node: Option<usize>) -> Result<SnapshotTaken, OwnerError> {
+        let info = match node {
+            None => self.snapshots.take(dir, &|_, _| {}),
+            Some(n) => self.snapshots.take_node(dir, n, &|_, _| {}),
+        }
+        .map_err(OwnerError::failed)?;
         Ok(SnapshotTaken {
             store_kind: self.snapshots.store_kind().to_owned(),
             origins: info.origins,

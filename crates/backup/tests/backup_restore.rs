@@ -266,9 +266,9 @@ impl StoreOwner for CancelDuringSnapshot<'_> {
     fn backup_lock_status(&self) -> Result<BackupLockStatus, OwnerError> {
         self.inner.backup_lock_status()
     }
-    fn snapshot(&self, dir: &Path) -> Result<SnapshotTaken, OwnerError> {
+    fn snapshot(&self, dir: &Path, node: Option<usize>) -> Result<SnapshotTaken, OwnerError> {
         self.cancel.store(true, Ordering::SeqCst);
-        self.inner.snapshot(dir)
+        self.inner.snapshot(dir, node)
     }
     fn sweep(&self, table: Option<&str>, dry_run: bool) -> Result<Vec<SweepSummary>, OwnerError> {
         self.inner.sweep(table, dry_run)

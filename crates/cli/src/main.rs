@@ -163,6 +163,10 @@ enum KvsCommand {
     Snapshot {
         #[arg(long)]
         dir: PathBuf,
+        /// Cassandra: snapshot only this node (1-based, as listed in keyValueService.nodes),
+        /// into <dir>/node<N>; run it for each node, as the seed runbook does.
+        #[arg(long)]
+        node: Option<usize>,
     },
     /// Loads a raw snapshot into the configured (empty) store, offline: the runbook's "restore
     /// your underlying store" step. Follow it with clean-transactions, fast-forward and
@@ -298,7 +302,9 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Verify(VerifyCommand::Bank { at }) => {
             runbook::verify_bank(&load_config(cli)?, *at)
         }
-        Command::Kvs(KvsCommand::Snapshot { dir }) => runbook::snapshot(&load_config(cli)?, dir),
+        Command::Kvs(KvsCommand::Snapshot { dir, node }) => {
+            runbook::snapshot(&load_config(cli)?, dir, *node)
+        }
         Command::Kvs(KvsCommand::Load { dir, force }) => {
             runbook::load(&load_config(cli)?, dir, *force)
         }

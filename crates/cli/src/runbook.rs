@@ -165,8 +165,8 @@ pub fn backup_lock(config: &AtlasConfig, action: LockAction) -> Result<()> {
 }
 
 /// A raw snapshot of the store, taken live through the owner when there is one.
-pub fn snapshot(config: &AtlasConfig, dir: &Path) -> Result<()> {
-    let taken = owner(config)?.snapshot(dir)?;
+pub fn snapshot(config: &AtlasConfig, dir: &Path, node: Option<usize>) -> Result<()> {
+    let taken = owner(config)?.snapshot(dir, node)?;
     println!("{} snapshot written to {}", taken.store_kind, dir.display());
     Ok(())
 }

@@ -4,52 +4,47 @@
 //! snapshot restores offline through the CLI, command for command, and so do one-shot backups.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
 use ortelius_backends::StoreConfig;
 use ortelius_kvs::{Cell, TableRef};
-use ortelius_management::ManagementClient;
-use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
-
-struct Serving(Child);
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ortelius(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ortelius"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use ortelius_test_servers::EtcdCluster;
 
 /// Where the stores of one test live: a backend and a namespace for store names.
 struct Deployment {
     dir: tempfile::TempDir,
-    postgres: Option<&'static ortelius_test_servers::Postgres>,
+    backend: Backend,
+}
+
+enum Backend {
+    Rocksdb,
+    Postgres(&'static ortelius_test_servers::Postgres),
+    Etcd(&'static EtcdCluster),
+}
+
+/// The etcd cluster of this test binary.
+fn etcd() -> &'static EtcdCluster {
+    static SHARED: std::sync::OnceLock<EtcdCluster> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| EtcdCluster::start(3, &[]))
 }
 
 impl Deployment {
     fn rocksdb() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
-            postgres: None,
+            backend: Backend::Rocksdb,
+        }
+    }
+
+    fn etcd() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            backend: Backend::Etcd(etcd()),
         }
     }
 
@@ -63,7 +58,7 @@ impl Deployment {
         .unwrap();
         Self {
             dir,
-            postgres: Some(pg),
+            backend: Backend::Postgres(pg),
         }
     }
 
@@ -84,12 +79,17 @@ impl Deployment {
     }
 
     fn store_yaml(&self, store: &str) -> String {
-        match self.postgres {
-            None => format!(
+        match self.backend {
+            Backend::Rocksdb => format!(
                 "{{type: rocksdb, dataDir: {}}}",
                 self.path().join(store).display()
             ),
-            Some(pg) => format!(
+            Backend::Etcd(etcd) => format!(
+                "{{type: etcd, endpoints: [{}], prefix: /{}}}",
+                etcd.endpoints().join(", "),
+                self.schema(store)
+            ),
+            Backend::Postgres(pg) => format!(
                 "{{type: postgres, host: {}, port: {}, database: {}, user: {}, passwordFile: {}, schema: {}}}",
                 pg.host,
                 pg.port,
@@ -124,9 +124,14 @@ impl Deployment {
 
     /// Total loss of a store.
     fn lose(&self, store: &str) {
-        match self.postgres {
-            None => std::fs::remove_dir_all(self.path().join(store)).unwrap(),
-            Some(pg) => {
+        match self.backend {
+            Backend::Rocksdb => std::fs::remove_dir_all(self.path().join(store)).unwrap(),
+            Backend::Etcd(etcd) => {
+                let prefix = format!("/{}", self.schema(store));
+                let out = etcd.etcdctl(&[0], &["del", "--prefix", &prefix]);
+                assert!(out.status.success(), "{out:?}");
+            }
+            Backend::Postgres(pg) => {
                 pg.psql(
                     ortelius_test_servers::postgres::DATABASE,
                     &format!("DROP SCHEMA \"{}\" CASCADE", self.schema(store)),
@@ -135,30 +140,11 @@ impl Deployment {
         }
     }
 
-    fn manager(&self, store: &str) -> (TransactionManager, TableRef) {
-        let kvs = ortelius_backends::open(&self.store_config(store))
-            .unwrap()
-            .kvs;
-        let m = TransactionManager::embedded(kvs, TransactionConfig::default()).unwrap();
-        let t = TableRef::new("bank", "accounts").unwrap();
-        m.create_table(&t, TableMetadata::default()).unwrap();
-        (m, t)
-    }
-}
-
-fn free_address() -> String {
-    format!("127.0.0.1:{}", ortelius_test_servers::free_port())
-}
-
-fn wait_live(address: &str) {
-    let client = ManagementClient::new(address, Some("t0ken".into()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client.is_live() {
-        assert!(
-            Instant::now() < deadline,
-            "the live process did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    fn manager(&self, store: &str) -> (ortelius_txn::TransactionManager, TableRef) {
+        (
+            common::manager(&self.store_config(store)),
+            TableRef::new("bank", "accounts").unwrap(),
+        )
     }
 }
 
@@ -271,80 +257,17 @@ fn the_runbook_runs_live_through_serve_and_restores_offline(d: &Deployment) {
     );
 }
 
-/// Starts `ortelius workload bank` as a separate process serving the management API and waits
-/// until it answers and has acknowledged some transfers.
+/// Starts the bank workload on the deployment's "live" store.
 fn start_bank_workload(d: &Deployment) -> (PathBuf, PathBuf, Serving) {
     let address = free_address();
     let live_config = d.config("live.yml", "live", Some(&address));
     let acks = d.path().join("acks");
-    let workload = Serving(
-        Command::new(env!("CARGO_BIN_EXE_ortelius"))
-            .arg("--config")
-            .arg(&live_config)
-            .args([
-                "workload",
-                "bank",
-                "--accounts",
-                "20",
-                "--threads",
-                "4",
-                "--duration",
-                "300s",
-                "--ack-file",
-            ])
-            .arg(&acks)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_live(&address);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acked(&acks).len() < 50 {
-        assert!(Instant::now() < deadline, "the workload made no progress");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let workload = common::start_bank_workload(&live_config, &address, &acks);
     (live_config, acks, workload)
 }
 
-fn acked(file: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    complete.lines().map(str::to_owned).collect()
-}
-
-/// Checks a restored store: every transfer acknowledged before B is present, nothing
-/// committed at or after B is visible, and new timestamps start above F.
 fn check_restored(d: &Deployment, store: &str, acked_before_b: &[String], b: i64, f: i64) {
-    let (m, _) = d.manager(store);
-    let txn = m.begin_read_only().unwrap();
-    assert!(txn.start_ts() > f, "new timestamps start above F");
-    let transfers = TableRef::new("bank", "transfers").unwrap();
-    let cells: Vec<Cell> = acked_before_b
-        .iter()
-        .map(|id| Cell::new(id.as_str(), "t").unwrap())
-        .collect();
-    assert_eq!(
-        txn.get(&transfers, &cells).unwrap().len(),
-        cells.len(),
-        "every transfer acknowledged before B is present"
-    );
-    for row in txn
-        .get_range(&transfers, &ortelius_kvs::RangeRequest::all())
-        .unwrap()
-    {
-        let cell = Cell::new(row.unwrap().row, "t").unwrap();
-        let start = m
-            .kvs()
-            .get_latest_timestamps(&transfers, &[(cell.clone(), txn.start_ts())])
-            .unwrap()[&cell];
-        match m.transactions_table().load(&[start]).unwrap().get(&start) {
-            Some(ortelius_txn::TxnStatus::Committed(c)) => {
-                assert!(*c < b, "{cell} committed at {c} >= B {b}")
-            }
-            other => panic!("{cell} visible but {other:?}"),
-        }
-    }
+    common::check_restored(&d.store_config(store), acked_before_b, b, f);
 }
 
 fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycles(d: &Deployment) {
@@ -515,6 +438,9 @@ macro_rules! on_backends {
         }
         mod postgres {
             $( #[test] fn $name() { super::$name(&super::Deployment::postgres()) } )*
+        }
+        mod etcd {
+            $( #[test] fn $name() { super::$name(&super::Deployment::etcd()) } )*
         }
     };
 }

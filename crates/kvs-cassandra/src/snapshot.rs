@@ -190,8 +190,7 @@ impl SnapshotSource for CassandraSnapshots {
     }
 
     fn take(&self, dir: &Path, progress: SnapshotProgress<'_>) -> KvsResult<SnapshotInfo> {
-        let config = &self.kvs.config;
-        let nodes = nodes(config)?;
+        let nodes = nodes(&self.kvs.config)?;
         if dir.exists() {
             return Err(KvsError::Storage {
                 detail: format!(
@@ -200,25 +199,58 @@ impl SnapshotSource for CassandraSnapshots {
                 ),
             });
         }
+        let mut info = SnapshotInfo::default();
+        for node in 1..=nodes.len() {
+            info.origins
+                .extend(self.take_node(dir, node, &|_, _| {})?.origins);
+            progress(node as u64, nodes.len() as u64);
+        }
+        Ok(info)
+    }
+
+    fn take_node(
+        &self,
+        dir: &Path,
+        node: usize,
+        progress: SnapshotProgress<'_>,
+    ) -> KvsResult<SnapshotInfo> {
+        let config = &self.kvs.config;
+        let nodes = nodes(config)?;
+        let access = node
+            .checked_sub(1)
+            .and_then(|i| nodes.get(i))
+            .ok_or_else(|| KvsError::Storage {
+                detail: format!(
+                    "there is no node {node}: keyValueService.nodes lists nodes 1 to {}",
+                    nodes.len()
+                ),
+            })?;
+        let label = format!("node{node}");
+        let into = dir.join(&label);
+        if into.exists() {
+            return Err(KvsError::Storage {
+                detail: format!("{} already holds a snapshot of node {node}", into.display()),
+            });
+        }
         std::fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
-        let catalog = self.catalog()?;
-        let text = serde_json::to_vec_pretty(&catalog).map_err(KvsError::storage)?;
-        std::fs::write(dir.join(CATALOG_FILE), text)
-            .map_err(|e| io_error("cannot write", &dir.join(CATALOG_FILE), e))?;
+        // The catalogue as of the first node's snapshot (tables are created before data).
+        let catalog_path = dir.join(CATALOG_FILE);
+        if !catalog_path.exists() {
+            let text = serde_json::to_vec_pretty(&self.catalog()?).map_err(KvsError::storage)?;
+            std::fs::write(&catalog_path, text)
+                .map_err(|e| io_error("cannot write", &catalog_path, e))?;
+        }
         let tag = format!(
             "ortelius-{}",
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis())
         );
-        let mut origins = Vec::new();
-        for (i, node) in nodes.iter().enumerate() {
-            let label = format!("node{}", i + 1);
-            take_node(node, &config.keyspace, &tag, &dir.join(&label))?;
-            origins.push((format!("{label}/"), label));
-            progress(i as u64 + 1, nodes.len() as u64);
-        }
-        Ok(SnapshotInfo { origins })
+        take_node(access, &config.keyspace, &tag, &into)?;
+        progress(1, 1);
+        Ok(SnapshotInfo {
+            origins: vec![(format!("{label}/"), label)],
+        })
     }
 }
 

@@ -32,6 +32,22 @@ pub trait SnapshotSource: Send + Sync {
     /// Writes a raw snapshot of the live store into `dir`, which must not exist (its parent
     /// is created). Writers may keep writing meanwhile.
     fn take(&self, dir: &Path, progress: SnapshotProgress<'_>) -> KvsResult<SnapshotInfo>;
+
+    /// For a store of several nodes: snapshots node `node` (1-based) alone into `dir` (which
+    /// may hold other nodes' snapshots), so an operator can follow the seed runbook node by
+    /// node. Stores of one node have nothing to pick.
+    fn take_node(
+        &self,
+        dir: &Path,
+        node: usize,
+        progress: SnapshotProgress<'_>,
+    ) -> KvsResult<SnapshotInfo> {
+        let _ = (dir, node, progress);
+        Err(KvsError::Unsupported {
+            operation: "snapshots of single nodes (the store is not a cluster of nodes)",
+            backend: self.store_kind(),
+        })
+    }
 }
 
 /// What a restore target holds now.

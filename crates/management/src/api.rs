@@ -38,10 +38,13 @@ pub struct AcquireRequest {
     pub lease_secs: Option<u64>,
 }
 
-/// `POST /v1/snapshot`: an absolute directory on the server's machine.
+/// `POST /v1/snapshot`: an absolute directory on the server's machine; `node` picks one node
+/// of a store of several.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRequest {
     pub dir: String,
+    #[serde(default)]
+    pub node: Option<usize>,
 }
 
 /// `POST /v1/sweep`.

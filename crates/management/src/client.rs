@@ -222,11 +222,12 @@ impl StoreOwner for ManagementClient {
         self.get(api::LOCK_STATUS)
     }
 
-    fn snapshot(&self, dir: &Path) -> Result<SnapshotTaken, OwnerError> {
+    fn snapshot(&self, dir: &Path, node: Option<usize>) -> Result<SnapshotTaken, OwnerError> {
         let dir = std::path::absolute(dir)
             .map_err(|e| OwnerError::Invalid(format!("bad directory {}: {e}", dir.display())))?;
         let request = SnapshotRequest {
             dir: dir.to_string_lossy().into_owned(),
+            node,
         };
         self.post(api::SNAPSHOT, Some(&request))
     }

@@ -13,7 +13,7 @@
 //! | `POST /v1/backup-lock/acquire` | `{"holder": s, "reason": s, "lease_secs": n?}` | the holder |
 //! | `POST /v1/backup-lock/release` | | the released holder |
 //! | `GET /v1/backup-lock/status` | | `{"held": holder?, "expired": holder?, "deletions_in_flight": n}` |
-//! | `POST /v1/snapshot` | `{"dir": absolute path}` | `{"store_kind": s, "origins": [[prefix, node]]}` |
+//! | `POST /v1/snapshot` | `{"dir": absolute path, "node": n?}` | `{"store_kind": s, "origins": [[prefix, node]]}` |
 //! | `POST /v1/sweep` | `{"table": "ns.name"?, "dry_run": bool}` | one summary per table |
 //!
 //! Errors answer 4xx/5xx with `{"error": message, "kind": k}`: 400 `invalid`, 401

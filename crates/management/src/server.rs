@@ -201,7 +201,7 @@ fn route(
                     "the snapshot dir must be an absolute path",
                 ));
             }
-            answer(&owner.snapshot(dir)?)
+            answer(&owner.snapshot(dir, request.node)?)
         }
         (Method::Post, api::SWEEP) => {
             let request: SweepRequest = parse(body)?;

@@ -94,10 +94,10 @@ fn every_owner_operation_works_over_http() {
         Err(OwnerError::Invalid(_))
     ));
     let dir = tempfile::tempdir().unwrap();
-    let taken: SnapshotTaken = client.snapshot(&dir.path().join("snap")).unwrap();
+    let taken: SnapshotTaken = client.snapshot(&dir.path().join("snap"), None).unwrap();
     assert_eq!(taken.store_kind, "memory");
     assert!(matches!(
-        client.snapshot(&dir.path().join("fail")),
+        client.snapshot(&dir.path().join("fail"), None),
         Err(OwnerError::Failed(m)) if m.contains("not supported")
     ));
 }
@@ -161,7 +161,7 @@ fn a_slow_call_does_not_hold_up_health_checks() {
     let (_server, client, snapshots) = serve(None);
     let dir = tempfile::tempdir().unwrap();
     std::thread::scope(|s| {
-        let slow = s.spawn(|| client.snapshot(&dir.path().join("snap")));
+        let slow = s.spawn(|| client.snapshot(&dir.path().join("snap"), None));
         while !snapshots.taking.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
         }
