@@ -3,7 +3,7 @@
 //! `kill -9` and to a pause past its lease, and losing an etcd member; and four client
 //! processes sharing one PostgreSQL store through one server, their merged histories checked
 //! for snapshot-isolation anomalies.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::io::{BufReader, Write};

@@ -17,6 +17,8 @@ use crate::{rows, CassandraKvs, Kind};
 
 /// One stored version: row, column, timestamp, value.
 type Version = (Vec<u8>, Vec<u8>, Timestamp, Vec<u8>);
+/// A version without its value: row, column, timestamp, whether the value is empty.
+pub(crate) type VersionShape = (Vec<u8>, Vec<u8>, Timestamp, bool);
 
 /// Pages of a token-ordered scan.
 struct Pager<'a> {
@@ -164,8 +166,8 @@ impl<'a> VersionScan<'a> {
         })
     }
 
-    /// (row, column, ts, value is empty).
-    pub fn next_version(&mut self) -> KvsResult<Option<(Vec<u8>, Vec<u8>, Timestamp, bool)>> {
+    /// The next version, its value reduced to whether it is empty.
+    pub fn next_version(&mut self) -> KvsResult<Option<VersionShape>> {
         Ok(self
             .pager
             .next()?

@@ -44,22 +44,12 @@ struct CatalogTable {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ortelius_kvs::snapshot::to_hex(bytes)
 }
 
 fn unhex(text: &str) -> KvsResult<Vec<u8>> {
-    let bad = || corrupt(format!("{CATALOG_FILE} holds malformed metadata"));
-    if text.len() % 2 != 0 {
-        return Err(bad());
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(bad)
-        })
-        .collect()
+    ortelius_kvs::snapshot::from_hex(text)
+        .ok_or_else(|| corrupt(format!("{CATALOG_FILE} holds malformed metadata")))
 }
 
 fn corrupt(detail: impl Into<String>) -> KvsError {

@@ -307,7 +307,7 @@ fn a_server_restart_and_a_server_crash_mid_workload_lose_no_acknowledged_commit(
     check_after_faults(&m, &outcomes);
     // And it goes on afterwards.
     let after = workload_for(&m, Duration::from_secs(1));
-    assert!(after.acknowledged.len() > 0 && before > 0);
+    assert!(!after.acknowledged.is_empty() && before > 0);
 }
 
 fn workload_for(m: &TransactionManager, d: Duration) -> Outcomes {

@@ -141,3 +141,22 @@ pub fn restore_note(kvs: &dyn KeyValueService) -> KvsResult<Option<String>> {
         .remove(&cell)
         .map(|v| String::from_utf8_lossy(&v.contents).into_owned()))
 }
+
+/// Bytes as lowercase hex (snapshot catalogues are JSON).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex back to bytes; `None` if it is not hex.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect()
+}

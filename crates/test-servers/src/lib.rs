@@ -31,6 +31,8 @@ pub fn free_port() -> u16 {
 pub fn on_exit(cleanup: &str) {
     let pid = std::process::id();
     let script = format!("while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {cleanup}");
+    // Never waited for on purpose: it must outlive this process.
+    #[allow(clippy::zombie_processes)]
     Command::new("setsid")
         .args(["sh", "-c", &script])
         .stdin(Stdio::null())

@@ -79,7 +79,11 @@ impl Connection {
             Instant::now() + timeout,
         )? {
             Response::Ok => Ok(conn),
-            Response::Error { message, code, .. } if code == ErrorCode::Unauthorized => {
+            Response::Error {
+                message,
+                code: ErrorCode::Unauthorized,
+                ..
+            } => {
                 conn.close();
                 Err(message)
             }

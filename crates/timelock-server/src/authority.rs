@@ -133,7 +133,7 @@ impl Authority {
         self.state().ok()?.as_ref().map(|t| t.epoch)
     }
 
-    fn serving<'a>(state: &'a mut Option<Term>) -> Result<&'a mut Term> {
+    fn serving(state: &mut Option<Term>) -> Result<&mut Term> {
         let term = state.as_mut().ok_or_else(|| {
             Refusal::new(ErrorCode::NotLeader, "this timelock server does not lead")
         })?;

@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 pub use authority::{Authority, HWM_BUFFER, MAX_PER_REQUEST};
 use conn::Shared;
 
+/// Who leads now, as this server knows it (for "not leader" answers).
+type LeaderHint = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// How the server runs.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -91,31 +94,28 @@ pub fn start(config: ServerConfig) -> Result<RunningServer, String> {
         .unwrap_or_else(|| address.to_string());
     let authority = Arc::new(Authority::new(config.lock_lease));
     let stop = Arc::new(AtomicBool::new(false));
-    let (cluster, leader_hint, leadership): (
-        String,
-        Arc<dyn Fn() -> Option<String> + Send + Sync>,
-        Option<ha::Leadership>,
-    ) = match &config.ha {
-        None => {
-            let (store, state) = file_store::FileStore::open(&config.data_dir, new_cluster_id)?;
-            authority
-                .begin_term(authority::TermStart {
-                    epoch: state.epoch,
-                    durable: Arc::new(store),
-                    hwm: state.hwm,
-                    floor: state.floor,
-                    // One server leads forever.
-                    valid_until: Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
-                })
-                .map_err(|r| r.message)?;
-            (state.cluster, Arc::new(|| None), None)
-        }
-        Some(ha_config) => {
-            let leadership = ha::Leadership::start(ha_config, &advertise, authority.clone())?;
-            let hint = leadership.hint();
-            (leadership.cluster().to_owned(), hint, Some(leadership))
-        }
-    };
+    let (cluster, leader_hint, leadership): (String, LeaderHint, Option<ha::Leadership>) =
+        match &config.ha {
+            None => {
+                let (store, state) = file_store::FileStore::open(&config.data_dir, new_cluster_id)?;
+                authority
+                    .begin_term(authority::TermStart {
+                        epoch: state.epoch,
+                        durable: Arc::new(store),
+                        hwm: state.hwm,
+                        floor: state.floor,
+                        // One server leads forever.
+                        valid_until: Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
+                    })
+                    .map_err(|r| r.message)?;
+                (state.cluster, Arc::new(|| None), None)
+            }
+            Some(ha_config) => {
+                let leadership = ha::Leadership::start(ha_config, &advertise, authority.clone())?;
+                let hint = leadership.hint();
+                (leadership.cluster().to_owned(), hint, Some(leadership))
+            }
+        };
     let shared = Arc::new(Shared {
         authority: authority.clone(),
         token: config.token.clone(),
