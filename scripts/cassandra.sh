@@ -387,8 +387,16 @@ launch_node() {
   if command -v ip >/dev/null 2>&1 && ! ip -o route get "$ip" 2>/dev/null | grep -q ' dev lo'; then
     die "$ip is not routed to lo here; add it with: ip addr add $ip/8 dev lo"
   fi
-  local port
+  # A cluster that is still stopping (e.g. the previous test binary's, stopped by its
+  # watchdog once that process exited) frees its ports within seconds: wait for it.
+  local port waited
   for port in "$ip:9042" "$ip:7000" "127.0.0.1:$(jmx_port "$i")"; do
+    waited=0
+    while port_open "${port%:*}" "${port##*:}" && [ "$waited" -lt "${CASSANDRA_PORT_WAIT:-90}" ]; do
+      [ "$waited" -eq 0 ] && log "$port is in use; waiting up to ${CASSANDRA_PORT_WAIT:-90}s for it to be released"
+      sleep 1
+      waited=$((waited + 1))
+    done
     if port_open "${port%:*}" "${port##*:}"; then
       die "$port is already in use (another Cassandra still running? stop it first, e.g. '$0 stop --dir <its dir>')"
     fi

@@ -11,6 +11,10 @@
 //!   passwordFile: /etc/app/etcd-password
 //!   maxTxnOps: 128             # the server's --max-txn-ops
 //!   maxRequestBytes: 1048576   # stay under the server's --max-request-bytes (1.5 MiB)
+//!   maintenance:               # optional: this process compacts and defragments
+//!     interval: 1m
+//!     keepRevisions: 100000
+//!     defragmentAboveBytes: 268435456
 //! ```
 
 use std::path::PathBuf;
@@ -37,6 +41,47 @@ pub struct EtcdConfig {
     pub max_txn_ops: usize,
     #[serde(default = "default_bytes")]
     pub max_request_bytes: usize,
+    /// Compaction and defragmentation run by the process that opens the store.
+    #[serde(default)]
+    pub maintenance: Option<MaintenanceConfig>,
+}
+
+/// How often to compact and defragment, and how much history to keep (see `maintenance`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MaintenanceConfig {
+    #[serde(
+        default = "default_maintenance_interval",
+        deserialize_with = "duration"
+    )]
+    pub interval: Duration,
+    /// Revisions of history kept behind the current one (a range scan reads at the revision
+    /// of its first page, so keep more than a long scan's worth of writes).
+    #[serde(default = "default_keep_revisions")]
+    pub keep_revisions: i64,
+    /// A member whose database file is larger than this is defragmented.
+    #[serde(default = "default_defragment_above")]
+    pub defragment_above_bytes: i64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_maintenance_interval(),
+            keep_revisions: default_keep_revisions(),
+            defragment_above_bytes: default_defragment_above(),
+        }
+    }
+}
+
+fn default_maintenance_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_keep_revisions() -> i64 {
+    100_000
+}
+fn default_defragment_above() -> i64 {
+    256 << 20
 }
 
 fn default_prefix() -> String {
@@ -95,6 +140,7 @@ impl EtcdConfig {
             password_file: None,
             max_txn_ops: default_ops(),
             max_request_bytes: default_bytes(),
+            maintenance: None,
         }
     }
 
@@ -118,6 +164,19 @@ impl EtcdConfig {
             return Err(invalid(
                 "etcd maxRequestBytes must be between 64 KiB and 64 MiB".to_owned(),
             ));
+        }
+        if let Some(m) = &self.maintenance {
+            if !(100..=100_000_000).contains(&m.keep_revisions) {
+                return Err(invalid(
+                    "etcd maintenance.keepRevisions must be in 100..=100000000".to_owned(),
+                ));
+            }
+            if m.defragment_above_bytes < 1 << 20 {
+                return Err(invalid(
+                    "etcd maintenance.defragmentAboveBytes must be at least 1 MiB (1048576)"
+                        .to_owned(),
+                ));
+            }
         }
         if self.user.is_some() != self.password_file.is_some() {
             return Err(invalid("etcd user and passwordFile go together".to_owned()));

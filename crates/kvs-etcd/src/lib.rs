@@ -20,7 +20,8 @@ mod scan;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp,
@@ -34,7 +35,7 @@ use ortelius_kvs::{
     ATOMIC_TS, SWEEP_SENTINEL_TS,
 };
 
-pub use config::EtcdConfig;
+pub use config::{EtcdConfig, MaintenanceConfig};
 pub use maintenance::{Maintenance, MaintenanceReport};
 
 /// The etcd [`KeyValueService`].
@@ -46,6 +47,9 @@ pub struct EtcdKvs {
     prefix: Vec<u8>,
     /// Table ids by name (a cache of the catalogue; reloaded on a miss).
     tables: RwLock<BTreeMap<TableRef, u32>>,
+    /// Compaction and defragmentation, when the config asks for them (on a connection of its
+    /// own; stops when the store is dropped).
+    maintenance: Option<Maintenance>,
 }
 
 fn poisoned() -> KvsError {
@@ -153,9 +157,14 @@ impl EtcdKvs {
             .map_err(|e| KvsError::Storage {
                 detail: format!("cannot start the etcd runtime: {e}"),
             })?;
+        // A member that lost its leader answers at once instead of waiting out the request
+        // timeout; a connection to a member cut off by the network is found dead by HTTP/2
+        // pings (no more often than etcd's default --grpc-keepalive-min-time allows).
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
-            .with_timeout(config.request_timeout);
+            .with_timeout(config.request_timeout)
+            .with_require_leader(true)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
         if let (Some(user), Some(password)) = (&config.user, config.password()?) {
             options = options.with_user(user.clone(), password);
         }
@@ -190,9 +199,30 @@ impl EtcdKvs {
             describe,
             prefix,
             tables: RwLock::new(BTreeMap::new()),
+            maintenance: None,
         };
         kvs.reload_catalog()?;
-        Ok(kvs)
+        let maintenance = match &config.maintenance {
+            None => None,
+            Some(m) => {
+                let worker = Self::open(&EtcdConfig {
+                    maintenance: None,
+                    ..config.clone()
+                })?;
+                Some(Maintenance::spawn(
+                    Arc::new(worker),
+                    m.interval,
+                    m.keep_revisions,
+                    m.defragment_above_bytes,
+                ))
+            }
+        };
+        Ok(Self { maintenance, ..kvs })
+    }
+
+    /// The background maintenance configured for this store, if any.
+    pub fn maintenance(&self) -> Option<&Maintenance> {
+        self.maintenance.as_ref()
     }
 
     pub fn config(&self) -> &EtcdConfig {
@@ -225,15 +255,55 @@ impl EtcdKvs {
         self.client.clone()
     }
 
+    /// Runs a request, again while it fails in a way that certainly left nothing applied
+    /// (`Unavailable`: a member that is down or has no leader, a connection refused) until
+    /// the request timeout has passed: the client spreads requests over every endpoint, so
+    /// without this a dead member fails a share of them.
+    pub(crate) fn call<T, Fut>(
+        &self,
+        operation: &'static str,
+        write: bool,
+        request: impl Fn(Client) -> Fut,
+    ) -> KvsResult<T>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = std::time::Instant::now() + self.config.request_timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.block_on(request(self.client())) {
+                Ok(v) => return Ok(v),
+                Err(e) => match classify(&self.describe, operation, write, &e) {
+                    KvsError::Unavailable { .. }
+                        if std::time::Instant::now() + pause < deadline =>
+                    {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(250));
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
+    }
+
+    /// One key, read linearizably.
+    fn get_key(&self, operation: &'static str, key: &[u8]) -> KvsResult<etcd_client::GetResponse> {
+        self.call(operation, false, |mut client| {
+            let key = key.to_vec();
+            async move { client.get(key, None).await }
+        })
+    }
+
     fn txn(
         &self,
         operation: &'static str,
         write: bool,
         txn: Txn,
     ) -> KvsResult<etcd_client::TxnResponse> {
-        let mut client = self.client();
-        self.block_on(client.txn(txn))
-            .map_err(|e| classify(&self.describe, operation, write, &e))
+        self.call(operation, write, |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
     }
 
     /// One page of a key range: up to `limit` keys from `start` (inclusive) to `end`.
@@ -252,10 +322,10 @@ impl EtcdKvs {
         if let Some(r) = revision {
             options = options.with_revision(r);
         }
-        let mut client = self.client();
-        let mut response = self
-            .block_on(client.get(start, Some(options)))
-            .map_err(|e| classify(&self.describe, "read", false, &e))?;
+        let mut response = self.call("read", false, |mut client| {
+            let (start, options) = (start.clone(), options.clone());
+            async move { client.get(start, Some(options)).await }
+        })?;
         let revision = response.header().map_or(0, |h| h.revision());
         let more = response.more();
         Ok((response.take_kvs(), more, revision))
@@ -489,10 +559,7 @@ impl KeyValueService for EtcdKvs {
         let catalog_key = self.key(&keys::catalog_key(&table.qualified_name()));
         let next_key = self.key(keys::NEXT_TABLE_ID_KEY);
         for _attempt in 0..20 {
-            let mut client = self.client();
-            let current = self
-                .block_on(client.get(catalog_key.clone(), None))
-                .map_err(|e| classify(&self.describe, "create_table", false, &e))?;
+            let current = self.get_key("create_table", &catalog_key)?;
             if let Some(kv) = current.kvs().first() {
                 let id = kv
                     .value()
@@ -514,9 +581,7 @@ impl KeyValueService for EtcdKvs {
                 }
                 continue;
             }
-            let next = self
-                .block_on(client.get(next_key.clone(), None))
-                .map_err(|e| classify(&self.describe, "create_table", false, &e))?;
+            let next = self.get_key("create_table", &next_key)?;
             let (id, guard) = match next.kvs().first() {
                 Some(kv) => (
                     u32::from_be_bytes(
@@ -590,10 +655,10 @@ impl KeyValueService for EtcdKvs {
     }
 
     fn table_metadata(&self, table: &TableRef) -> KvsResult<Vec<u8>> {
-        let mut client = self.client();
-        let r = self
-            .block_on(client.get(self.key(&keys::catalog_key(&table.qualified_name())), None))
-            .map_err(|e| classify(&self.describe, "table_metadata", false, &e))?;
+        let r = self.get_key(
+            "table_metadata",
+            &self.key(&keys::catalog_key(&table.qualified_name())),
+        )?;
         match r.kvs().first() {
             Some(kv) => Ok(kv.value().get(4..).unwrap_or_default().to_vec()),
             None => Err(KvsError::TableNotFound {

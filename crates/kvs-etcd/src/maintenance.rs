@@ -2,14 +2,17 @@
 //! and compacted space returns to the filesystem only after a defragmentation. `maintain`
 //! compacts history older than a retention and defragments the members one at a time (a
 //! member is briefly unavailable while it defragments) once their files have grown well past
-//! what they use. Run it periodically (`spawn_maintenance`), or use etcd's own
-//! `--auto-compaction-*` flags and defragment from the operator's tooling.
+//! what they use, then disarms a "database space exceeded" alarm. Configure it (`maintenance` in
+//! the config) to run in the background, or use etcd's own `--auto-compaction-*` flags and
+//! defragment from the operator's tooling.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, CompactionOptions, ConnectOptions};
+use etcd_client::{
+    AlarmAction, AlarmOptions, AlarmType, Client, CompactionOptions, ConnectOptions,
+};
 use ortelius_kvs::KvsResult;
 
 use crate::{classify, EtcdKvs};
@@ -24,6 +27,8 @@ pub struct MaintenanceReport {
     /// Largest member database file before and after, bytes.
     pub largest_before: i64,
     pub largest_after: i64,
+    /// "Database space exceeded" alarms disarmed after the pass made room.
+    pub alarms_disarmed: usize,
 }
 
 impl EtcdKvs {
@@ -72,6 +77,25 @@ impl EtcdKvs {
                     .unwrap_or(before);
             }
             report.largest_after = report.largest_after.max(after);
+        }
+        // A member that reached its quota raised a NOSPACE alarm, which keeps the whole
+        // cluster read-only until someone disarms it; now that compaction and defragmentation
+        // made room, do what an operator would (`etcdctl alarm disarm`). If there is still no
+        // room, the member raises it again at its next write.
+        let mut client = self.client();
+        let alarms = self
+            .block_on(client.alarm(AlarmAction::Get, AlarmType::None, None))
+            .map_err(|e| classify(&self.describe, "list alarms", false, &e))?;
+        for alarm in alarms
+            .alarms()
+            .iter()
+            .filter(|a| a.alarm() == AlarmType::Nospace)
+        {
+            let mut options = AlarmOptions::new();
+            options.with_member(alarm.member_id());
+            self.block_on(client.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(options)))
+                .map_err(|e| classify(&self.describe, "disarm an alarm", true, &e))?;
+            report.alarms_disarmed += 1;
         }
         Ok(report)
     }

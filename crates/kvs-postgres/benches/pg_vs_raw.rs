@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ortelius_kvs::snapshot::{RestoreTarget, SnapshotSource};
+use ortelius_kvs::testing::parallel;
 use ortelius_kvs::{Cell, KeyValueService, RangeRequest, RowRange, TableRef};
 use ortelius_kvs_postgres::snapshot::{PostgresSnapshots, PostgresTarget};
 use ortelius_kvs_postgres::{PostgresConfig, PostgresKvs, Secret};
@@ -120,26 +121,6 @@ fn setup() -> Setup {
         table,
         scan,
     }
-}
-
-/// Runs `iters` operations split over `threads` threads (thread `t` gets `t`); returns the
-/// wall time.
-fn parallel(iters: u64, threads: u64, op: impl Fn(usize, u64) + Sync) -> Duration {
-    let next = AtomicU64::new(0);
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let (next, op) = (&next, &op);
-            s.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= iters {
-                    break;
-                }
-                op(t as usize, i);
-            });
-        }
-    });
-    started.elapsed()
 }
 
 static FRESH: AtomicU64 = AtomicU64::new(0);

@@ -7,17 +7,15 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{config, config_on};
-use ortelius_kvs::{Cell, KeyValueService, KvsError, RangeRequest, TableRef};
+use ortelius_kvs::{Cell, KeyValueService, KvsError, TableRef};
 use ortelius_kvs_postgres::{PostgresConfig, PostgresKvs, Secret};
 use ortelius_test_servers::Postgres;
-use ortelius_txn::{
-    ConflictHandler, RetryClass, TableMetadata, TransactionConfig, TransactionManager, TxnError,
-};
+use ortelius_txn::suite::faults as bank;
+use ortelius_txn::{TransactionConfig, TransactionManager};
 
 fn quick(c: PostgresConfig) -> PostgresConfig {
     PostgresConfig {
@@ -139,145 +137,11 @@ fn handles_see_each_others_tables_and_drops() {
     );
 }
 
-const ACCOUNTS: u64 = 20;
-const INITIAL: u64 = 1000;
-
-fn accounts() -> TableRef {
-    TableRef::new("bank", "accounts").unwrap()
-}
-
-fn transfers() -> TableRef {
-    TableRef::new("bank", "transfers").unwrap()
-}
-
-fn account(i: u64) -> Cell {
-    Cell::new(format!("acct{i:04}"), "balance").unwrap()
-}
-
 fn open_bank(c: &PostgresConfig) -> TransactionManager {
     let kvs: Arc<dyn KeyValueService> = Arc::new(PostgresKvs::open(c).unwrap());
-    let m = TransactionManager::embedded(
-        kvs,
-        TransactionConfig {
-            lock_timeout: Duration::from_secs(5),
-            ..TransactionConfig::default()
-        },
-    )
-    .unwrap();
-    let meta = TableMetadata {
-        conflict_handler: ConflictHandler::RetryOnWriteWrite,
-        ..TableMetadata::default()
-    };
-    m.create_table(&accounts(), meta).unwrap();
-    m.create_table(&transfers(), meta).unwrap();
-    if m.run_read_only(|t| t.get_one(&accounts(), &account(0)))
-        .unwrap()
-        .is_none()
-    {
-        m.run(|txn| {
-            for i in 0..ACCOUNTS {
-                txn.put(&accounts(), &account(i), INITIAL.to_be_bytes())?;
-            }
-            Ok(())
-        })
-        .unwrap();
-    }
+    let m = TransactionManager::embedded(kvs, bank::config()).unwrap();
+    bank::set_up(&m);
     m
-}
-
-fn balance(txn: &ortelius_txn::Transaction, i: u64) -> Result<u64, TxnError> {
-    Ok(txn
-        .get_one(&accounts(), &account(i))?
-        .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap())))
-}
-
-/// One transfer with marker row `id`.
-fn transfer(m: &TransactionManager, n: u64, id: &str) -> Result<(), TxnError> {
-    let (from, to) = (n % ACCOUNTS, (n * 7 + 3) % ACCOUNTS);
-    let to = if to == from { (to + 1) % ACCOUNTS } else { to };
-    m.run(|txn| {
-        let (a, b) = (balance(txn, from)?, balance(txn, to)?);
-        let moved = a.min(1 + n % 50);
-        txn.put(&accounts(), &account(from), (a - moved).to_be_bytes())?;
-        txn.put(&accounts(), &account(to), (b + moved).to_be_bytes())?;
-        txn.put(
-            &transfers(),
-            &Cell::new(id, "t").unwrap(),
-            moved.to_be_bytes(),
-        )
-    })
-}
-
-/// Money conserved, and the set of transfer ids visible.
-fn audit(m: &TransactionManager) -> BTreeSet<String> {
-    m.run_read_only(|txn| {
-        let total: u64 = (0..ACCOUNTS).map(|i| balance(txn, i).unwrap()).sum();
-        assert_eq!(total, ACCOUNTS * INITIAL, "money is conserved");
-        let mut ids = BTreeSet::new();
-        for row in txn.get_range(&transfers(), &RangeRequest::all())? {
-            ids.insert(String::from_utf8(row?.row).unwrap());
-        }
-        Ok(ids)
-    })
-    .unwrap()
-}
-
-/// What a workload under faults observed.
-#[derive(Default)]
-struct Outcomes {
-    acknowledged: BTreeSet<String>,
-    unknown: BTreeSet<String>,
-    failed: u64,
-}
-
-/// Runs transfers on `threads` threads until `stop`, recording outcomes.
-fn workload(m: &TransactionManager, threads: u64, stop: &AtomicBool) -> Outcomes {
-    let outcomes = Mutex::new(Outcomes::default());
-    std::thread::scope(|s| {
-        for w in 0..threads {
-            let outcomes = &outcomes;
-            s.spawn(move || {
-                let mut n = w;
-                while !stop.load(Ordering::SeqCst) {
-                    n += threads;
-                    let id = format!("w{w}-{n}");
-                    let result = transfer(m, n, &id);
-                    let mut o = outcomes.lock().unwrap();
-                    match result {
-                        Ok(()) => {
-                            o.acknowledged.insert(id);
-                        }
-                        Err(e) if e.retry_class() == RetryClass::CommitOutcomeUnknown => {
-                            o.unknown.insert(id);
-                        }
-                        Err(_) => {
-                            o.failed += 1;
-                            drop(o);
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    }
-                }
-            });
-        }
-    });
-    outcomes.into_inner().unwrap()
-}
-
-fn check_after_faults(m: &TransactionManager, o: &Outcomes) {
-    let visible = audit(m);
-    let lost: Vec<_> = o.acknowledged.difference(&visible).collect();
-    assert!(lost.is_empty(), "acknowledged transfers lost: {lost:?}");
-    let phantom: Vec<_> = visible
-        .iter()
-        .filter(|id| !o.acknowledged.contains(*id) && !o.unknown.contains(*id))
-        .collect();
-    assert!(
-        phantom.is_empty(),
-        "transfers visible that failed: {phantom:?}"
-    );
-    // An unknown outcome is decided: reading it twice gives the same answer, and the money
-    // above was conserved whichever way each went.
-    assert_eq!(audit(m), visible);
 }
 
 #[test]
@@ -285,9 +149,7 @@ fn a_server_restart_and_a_server_crash_mid_workload_lose_no_acknowledged_commit(
     let pg = Postgres::start();
     let c = config_on(&pg, "restart");
     let m = open_bank(&c);
-    let stop = AtomicBool::new(false);
-    let outcomes = std::thread::scope(|s| {
-        let running = s.spawn(|| workload(&m, 4, &stop));
+    let outcomes = bank::workload_during(&m, "w", 4, || {
         std::thread::sleep(Duration::from_secs(2));
         pg.stop();
         std::thread::sleep(Duration::from_millis(500));
@@ -296,28 +158,16 @@ fn a_server_restart_and_a_server_crash_mid_workload_lose_no_acknowledged_commit(
         pg.kill();
         pg.restart();
         std::thread::sleep(Duration::from_secs(3));
-        stop.store(true, Ordering::SeqCst);
-        running.join().unwrap()
     });
     assert!(
         outcomes.acknowledged.len() > 20,
         "the workload made progress"
     );
     let before = outcomes.acknowledged.len();
-    check_after_faults(&m, &outcomes);
+    bank::check_after_faults(&m, &outcomes);
     // And it goes on afterwards.
-    let after = workload_for(&m, Duration::from_secs(1));
+    let after = bank::workload_for(&m, "after", Duration::from_secs(1));
     assert!(!after.acknowledged.is_empty() && before > 0);
-}
-
-fn workload_for(m: &TransactionManager, d: Duration) -> Outcomes {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let running = s.spawn(|| workload(m, 2, &stop));
-        std::thread::sleep(d);
-        stop.store(true, Ordering::SeqCst);
-        running.join().unwrap()
-    })
 }
 
 #[test]
@@ -325,9 +175,7 @@ fn connections_terminated_mid_commit_leave_every_outcome_decided_and_consistent(
     let pg = Postgres::shared();
     let c = config("terminate");
     let m = open_bank(&c);
-    let stop = AtomicBool::new(false);
-    let outcomes = std::thread::scope(|s| {
-        let running = s.spawn(|| workload(&m, 4, &stop));
+    let outcomes = bank::workload_during(&m, "w", 4, || {
         for _ in 0..15 {
             std::thread::sleep(Duration::from_millis(200));
             pg.psql(
@@ -340,14 +188,12 @@ fn connections_terminated_mid_commit_leave_every_outcome_decided_and_consistent(
             );
         }
         std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::SeqCst);
-        running.join().unwrap()
     });
     assert!(
         outcomes.acknowledged.len() > 20,
         "the workload made progress"
     );
-    check_after_faults(&m, &outcomes);
+    bank::check_after_faults(&m, &outcomes);
 }
 
 /// The child of `a_killed_client_process_loses_nothing_acknowledged`: transfers forever,
@@ -369,7 +215,7 @@ fn killed_client_child() {
     loop {
         n += 1;
         let id = format!("child-{n}");
-        if transfer(&m, n, &id).is_ok() {
+        if bank::transfer(&m, n, &id).is_ok() {
             println!("{id}");
         }
     }
@@ -413,7 +259,7 @@ fn a_killed_client_process_loses_nothing_acknowledged() {
         started.elapsed() >= Duration::from_secs(5),
         "waited for the dead child's lease"
     );
-    let visible = audit(&m);
+    let visible = bank::audit(&m);
     let lost: Vec<_> = acknowledged.difference(&visible).collect();
     assert!(lost.is_empty(), "acknowledged transfers lost: {lost:?}");
 }

@@ -11,9 +11,8 @@
 //! measured with a counting allocator (Rust heap only; RocksDB's C++ allocations not included).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ortelius_kvs::testing::CountingAllocator;
+use ortelius_kvs::testing::{parallel, CountingAllocator};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,24 +73,6 @@ fn stores() -> Stores {
     }
 }
 
-/// Runs `iters` operations split over `threads` threads; returns the wall time.
-fn parallel(iters: u64, threads: u64, op: impl Fn(u64) + Sync) -> Duration {
-    let next = AtomicU64::new(0);
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= iters {
-                    break;
-                }
-                op(i);
-            });
-        }
-    });
-    started.elapsed()
-}
-
 fn raw_write(s: &Stores, i: u64) {
     let mut synced = WriteOptions::default();
     synced.set_sync(true);
@@ -131,10 +112,10 @@ fn bench_ops(
     group.measurement_time(Duration::from_secs(4));
     group.warm_up_time(Duration::from_secs(1));
     group.bench_function("raw", |b| {
-        b.iter_custom(|iters| parallel(iters, threads, |i| raw(s, i)))
+        b.iter_custom(|iters| parallel(iters, threads, |_, i| raw(s, i)))
     });
     group.bench_function("ortelius", |b| {
-        b.iter_custom(|iters| parallel(iters, threads, |i| ours(s, i)))
+        b.iter_custom(|iters| parallel(iters, threads, |_, i| ours(s, i)))
     });
     group.finish();
 }

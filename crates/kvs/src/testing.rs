@@ -339,3 +339,24 @@ unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
         LIVE_BYTES.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// For benchmarks: runs `iters` operations spread over `threads` threads, each taking the
+/// next operation number as it finishes one (`op(thread, number)`); returns the wall time.
+/// Criterion's `iter_custom` takes it as the time of `iters` iterations.
+pub fn parallel(iters: u64, threads: u64, op: impl Fn(usize, u64) + Sync) -> std::time::Duration {
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (next, op) = (&next, &op);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= iters {
+                    break;
+                }
+                op(t as usize, i);
+            });
+        }
+    });
+    started.elapsed()
+}

@@ -1,9 +1,14 @@
-//! A throwaway etcd cluster (Debian's `etcd-server`, 3.4): `n` members on 127.0.0.1 with free
-//! client and peer ports, one data directory each, heartbeat and election timeouts raised so a
-//! loaded 2-core machine does not cause elections. Members can be killed, restarted, paused.
+//! A throwaway etcd cluster (Debian's `etcd-server`, 3.4): `n` members with free client and
+//! peer ports, one data directory each, heartbeat and election timeouts raised so a loaded
+//! 2-core machine does not cause elections. Members can be killed, restarted, paused — and,
+//! in a cluster started with [`EtcdOptions::partitionable`], cut off from the network: each
+//! member then runs in its own network namespace (`ip netns`, needs root), attached to a bridge
+//! in this one, and a partition takes its link down. A cluster can also be rebuilt from a
+//! snapshot file (`etcdctl snapshot restore`, with a new cluster token).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,10 +16,31 @@ use crate::{free_port, on_exit};
 
 struct Member {
     name: String,
+    /// The address it listens on: 127.0.0.1, or its own in a network namespace.
+    host: String,
     client_port: u16,
     peer_port: u16,
     data: PathBuf,
     child: Mutex<Option<Child>>,
+}
+
+/// The network namespaces of a partitionable cluster.
+struct Network {
+    bridge: String,
+    /// Per member: its namespace and the bridge side of its link.
+    links: Vec<(String, String)>,
+}
+
+/// How to start a cluster.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions<'a> {
+    pub members: usize,
+    /// Flags for every member (e.g. compaction and quota settings).
+    pub extra: &'a [&'a str],
+    /// Each member in its own network namespace, so the test can partition it.
+    pub partitionable: bool,
+    /// Rebuild the members' data from this snapshot file, with a new cluster token.
+    pub from_snapshot: Option<&'a Path>,
 }
 
 /// A running etcd cluster.
@@ -23,6 +49,86 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     token: String,
     extra: Vec<String>,
+    network: Option<Network>,
+}
+
+fn run(what: &str, command: &mut Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip(args: &[&str]) {
+    run(
+        &format!("ip {}", args.join(" ")),
+        Command::new("ip").args(args),
+    );
+}
+
+impl Network {
+    /// One namespace per member, linked to a new bridge; member i gets `<subnet>.<i+1>`.
+    fn create(n: usize) -> (Network, String) {
+        assert!(
+            crate::is_root(),
+            "a partitionable etcd cluster needs root (network namespaces); run the tests as root"
+        );
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let k = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{k}", pid % 100_000);
+        let subnet = format!("10.{}.{}", 200 + (k % 50), pid % 250);
+        let bridge = format!("obr{tag}");
+        let mut network = Network {
+            bridge: bridge.clone(),
+            links: Vec::new(),
+        };
+        on_exit(&network.cleanup_script(n, &tag));
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&["addr", "add", &format!("{subnet}.254/24"), "dev", &bridge]);
+        ip(&["link", "set", &bridge, "up"]);
+        for i in 0..n {
+            let ns = format!("ortelius-etcd-{tag}-{i}");
+            let link = format!("ov{tag}m{i}");
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            ip(&["link", "set", &link, "master", &bridge]);
+            ip(&["link", "set", &link, "up"]);
+            let addr = format!("{subnet}.{}/24", i + 1);
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            network.links.push((ns, link));
+        }
+        (network, subnet)
+    }
+
+    fn cleanup_script(&self, n: usize, tag: &str) -> String {
+        let namespaces: Vec<String> = (0..n)
+            .map(|i| format!("ip netns del ortelius-etcd-{tag}-{i} 2>/dev/null"))
+            .collect();
+        format!(
+            "{}; ip link del {} 2>/dev/null",
+            namespaces.join("; "),
+            self.bridge
+        )
+    }
+
+    fn remove(&self) {
+        for (ns, _) in &self.links {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
 }
 
 fn binary(name: &str) -> String {
@@ -36,33 +142,70 @@ fn binary(name: &str) -> String {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members and waits until every one is healthy. `extra` flags go to every
-    /// member (e.g. compaction and quota settings).
+    /// Starts `n` members on 127.0.0.1 and waits until every one is healthy. `extra` flags go
+    /// to every member (e.g. compaction and quota settings).
     pub fn start(n: usize, extra: &[&str]) -> EtcdCluster {
+        Self::start_with(&EtcdOptions {
+            members: n,
+            extra,
+            ..EtcdOptions::default()
+        })
+    }
+
+    /// Starts a cluster as `options` say and waits until every member is healthy.
+    pub fn start_with(options: &EtcdOptions<'_>) -> EtcdCluster {
+        let n = options.members;
         let dir = tempfile::Builder::new()
             .prefix("ortelius-etcd-")
             .tempdir()
             .expect("cannot create a temporary directory");
-        let members: Vec<Member> = (1..=n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                data: dir.path().join(format!("m{i}")),
-                child: Mutex::new(None),
-            })
-            .collect();
-        let cluster = EtcdCluster {
-            token: format!("ortelius-test-{}", dir.path().display()),
-            dir,
-            members,
-            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-        };
         on_exit(&format!(
             "pkill -9 -f {}; rm -rf {}",
-            cluster.dir.path().display(),
-            cluster.dir.path().display()
+            dir.path().display(),
+            dir.path().display()
         ));
+        let (network, hosts) = if options.partitionable {
+            let (network, subnet) = Network::create(n);
+            let hosts = (1..=n).map(|i| format!("{subnet}.{i}")).collect();
+            (Some(network), hosts)
+        } else {
+            (None, vec!["127.0.0.1".to_owned(); n])
+        };
+        // In a namespace of its own every member can use the same ports.
+        let shared_ports = options.partitionable.then(|| (free_port(), free_port()));
+        let members: Vec<Member> = hosts
+            .into_iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let (client_port, peer_port) =
+                    shared_ports.unwrap_or_else(|| (free_port(), free_port()));
+                Member {
+                    name: format!("m{}", i + 1),
+                    host,
+                    client_port,
+                    peer_port,
+                    data: dir.path().join(format!("m{}", i + 1)),
+                    child: Mutex::new(None),
+                }
+            })
+            .collect();
+        let restored = if options.from_snapshot.is_some() {
+            "restored"
+        } else {
+            "test"
+        };
+        let cluster = EtcdCluster {
+            token: format!("ortelius-{restored}-{}", dir.path().display()),
+            dir,
+            members,
+            extra: options.extra.iter().map(|s| (*s).to_owned()).collect(),
+            network,
+        };
+        if let Some(snapshot) = options.from_snapshot {
+            for i in 0..n {
+                cluster.restore_member(i, snapshot);
+            }
+        }
         for i in 0..n {
             cluster.spawn(i);
         }
@@ -70,12 +213,45 @@ impl EtcdCluster {
         cluster
     }
 
+    fn peer_url(&self, i: usize) -> String {
+        let m = &self.members[i];
+        format!("http://{}:{}", m.host, m.peer_port)
+    }
+
     fn initial_cluster(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+        (0..self.members.len())
+            .map(|i| format!("{}={}", self.members[i].name, self.peer_url(i)))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// `etcdctl snapshot restore` of `snapshot` into member `i`'s (new) data directory, with
+    /// this cluster's (new) token: the physical restore of a lost cluster.
+    fn restore_member(&self, i: usize, snapshot: &Path) {
+        let m = &self.members[i];
+        run(
+            "etcdctl snapshot restore",
+            Command::new(binary("etcdctl"))
+                .env("ETCDCTL_API", "3")
+                .args(["snapshot", "restore"])
+                .arg(snapshot)
+                .args(["--name", &m.name])
+                .arg("--data-dir")
+                .arg(&m.data)
+                .args([
+                    "--initial-cluster",
+                    &self.initial_cluster(),
+                    "--initial-cluster-token",
+                    &self.token,
+                    "--initial-advertise-peer-urls",
+                    &self.peer_url(i),
+                ]),
+        );
+    }
+
+    /// The cluster token the members were started with.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     fn spawn(&self, i: usize) {
@@ -83,19 +259,28 @@ impl EtcdCluster {
         let state = if m.data.exists() { "existing" } else { "new" };
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name)))
             .expect("cannot create the member log");
-        let child = Command::new(binary("etcd"))
+        let mut command = match &self.network {
+            Some(network) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &network.links[i].0, &binary("etcd")]);
+                c
+            }
+            None => Command::new(binary("etcd")),
+        };
+        let client_url = format!("http://{}:{}", m.host, m.client_port);
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data)
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", m.client_port),
+                &client_url,
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{}", m.client_port),
+                &client_url,
                 "--listen-peer-urls",
-                &format!("http://127.0.0.1:{}", m.peer_port),
+                &self.peer_url(i),
                 "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{}", m.peer_port),
+                &self.peer_url(i),
                 "--initial-cluster",
                 &self.initial_cluster(),
                 "--initial-cluster-token",
@@ -120,15 +305,13 @@ impl EtcdCluster {
 
     /// Client URLs of every member.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
-            .collect()
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
     /// The client URL of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        let m = &self.members[i];
+        format!("http://{}:{}", m.host, m.client_port)
     }
 
     pub fn len(&self) -> usize {
@@ -241,6 +424,25 @@ impl EtcdCluster {
         self.signal(i, "-CONT");
     }
 
+    /// Cuts member `i` off the network (its link goes down: packets to and from it are lost,
+    /// as in a real partition). Only in a partitionable cluster.
+    pub fn partition(&self, i: usize) {
+        ip(&["link", "set", &self.link(i), "down"]);
+    }
+
+    /// Reconnects member `i`.
+    pub fn heal(&self, i: usize) {
+        ip(&["link", "set", &self.link(i), "up"]);
+    }
+
+    fn link(&self, i: usize) -> String {
+        let network = self
+            .network
+            .as_ref()
+            .expect("only a cluster started with `partitionable` can be partitioned");
+        network.links[i].1.clone()
+    }
+
     /// The data directory of member `i`.
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.members[i].data.clone()
@@ -252,6 +454,9 @@ impl Drop for EtcdCluster {
         for i in 0..self.members.len() {
             self.resume(i);
             self.kill(i);
+        }
+        if let Some(network) = &self.network {
+            network.remove();
         }
     }
 }

@@ -150,6 +150,16 @@ impl Lease {
     }
 }
 
+/// The generation of a lease value written by the allocator `id`, if it is one of its.
+fn own_generation(value: &[u8], id: &str) -> Option<u64> {
+    std::str::from_utf8(value)
+        .ok()?
+        .strip_prefix(id)?
+        .strip_prefix(' ')?
+        .parse()
+        .ok()
+}
+
 /// How a [`PersistentTimestampService`] guards against other allocators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AllocatorOptions {
@@ -482,6 +492,16 @@ impl Inner {
                 lease.written = next;
                 lease.valid_until = attempt + lease.duration;
             }
+            Err(KvsError::CheckAndSetFailed {
+                actual: Some(actual),
+                ..
+            }) if own_generation(&actual, &lease.id).is_some_and(|g| g > lease.generation) => {
+                // An earlier renewal whose answer was lost did land: the lease is still ours
+                // (ids are unique; a taker writes its own). Expect that value from now on; the
+                // lease is extended by the next renewal, not this one.
+                lease.generation = own_generation(&actual, &lease.id).unwrap_or(lease.generation);
+                lease.written = actual;
+            }
             Err(KvsError::CheckAndSetFailed { actual, .. }) => {
                 // Another allocator took over (we could not renew for a whole lease).
                 state.refused = Some(TimestampError::OwnedElsewhere {
@@ -495,8 +515,18 @@ impl Inner {
         }
     }
 
-    /// Checks this allocator may hand out timestamps now.
-    fn check_serving(&self, state: &State) -> Result<(), TimestampError> {
+    /// Checks this allocator may hand out timestamps now. A lease that ran out (the store was
+    /// unreachable for a while) is renewed here first, so serving resumes as soon as the store
+    /// answers rather than at the renewer's next turn.
+    fn check_serving(&self, state: &mut State) -> Result<(), TimestampError> {
+        if state.refused.is_none()
+            && state
+                .lease
+                .as_ref()
+                .is_some_and(|l| Instant::now() >= l.valid_until)
+        {
+            self.renew_lease(state);
+        }
         if let Some(err) = &state.refused {
             return Err(err.clone());
         }
@@ -565,7 +595,7 @@ impl TimestampService for PersistentTimestampService {
         // from the same raised bound: one storage write covers all of them.
         let inner = &self.inner;
         let mut state = inner.lock()?;
-        inner.check_serving(&state)?;
+        inner.check_serving(&mut state)?;
         let last = state
             .last
             .checked_add(i64::from(count))
@@ -588,7 +618,7 @@ impl TimestampService for PersistentTimestampService {
         }
         let inner = &self.inner;
         let mut state = inner.lock()?;
-        inner.check_serving(&state)?;
+        inner.check_serving(&mut state)?;
         if to <= state.last {
             return Ok(FastForward::AlreadyBeyond {
                 current: state.last,

@@ -9,7 +9,7 @@ use ortelius_kvs::memory::MemoryKvs;
 use ortelius_kvs::testing::{FaultTiming, RecordingKvs};
 use ortelius_kvs::{Cell, KeyValueService, TableRef, MAX_READ_TS};
 use ortelius_timelock::{
-    FastForward, PersistentTimestampService, TimestampError, TimestampService,
+    AllocatorOptions, FastForward, PersistentTimestampService, TimestampError, TimestampService,
     MAX_TIMESTAMPS_PER_REQUEST, TIMESTAMP_BOUND_BUFFER, TIMESTAMP_TABLE,
 };
 
@@ -222,4 +222,26 @@ fn concurrent_callers_get_unique_increasing_timestamps_from_one_allocation() {
         1,
         "16 000 concurrent requests were served by one bound write"
     );
+}
+
+#[test]
+fn a_lease_renewal_whose_answer_was_lost_but_landed_keeps_the_lease() {
+    let kvs = Arc::new(RecordingKvs::new(store()));
+    let lease = std::time::Duration::from_millis(400);
+    let ts = PersistentTimestampService::with_options(
+        kvs.clone(),
+        AllocatorOptions {
+            lease: Some(lease),
+            take_over: false,
+        },
+    )
+    .unwrap();
+    let first = ts.fresh_timestamp().unwrap(); // the bound is raised: later check-and-sets renew
+                                               // The next renewal is written, but its answer is lost.
+    kvs.inject("check_and_set", None, FaultTiming::After, 1);
+    std::thread::sleep(lease * 2);
+    // Renewals after it found their own later generation in the store: still this
+    // allocator's lease, not another's.
+    let next = ts.fresh_timestamp().unwrap();
+    assert!(next > first);
 }

@@ -9,6 +9,7 @@
 pub mod backup_lock;
 pub mod common;
 pub mod concurrency;
+pub mod faults;
 pub mod protocol;
 pub mod sweep;
 
