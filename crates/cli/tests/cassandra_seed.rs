@@ -48,19 +48,7 @@ fn config_file(
     cluster: &CassandraCluster,
     management: Option<&str>,
 ) -> std::path::PathBuf {
-    let file = dir.join(name);
-    let management = management
-        .map(|a| format!("  management: {{address: '{a}', token: t0ken}}\n"))
-        .unwrap_or_default();
-    std::fs::write(
-        &file,
-        format!(
-            "atlasdb:\n  keyValueService: {}\n{management}",
-            store_yaml(cluster)
-        ),
-    )
-    .unwrap();
-    file
+    write_config(dir, name, &store_yaml(cluster), management)
 }
 
 fn store_config(cluster: &CassandraCluster) -> StoreConfig {
@@ -80,6 +68,10 @@ fn transfers_bytes(snapshot: &Path, node: usize) -> u64 {
 
 #[test]
 fn the_seed_runbook_on_three_nodes_restores_a_consistent_state_after_total_loss() {
+    let _limit = ortelius_test_servers::time_limit(
+        Duration::from_secs(1200),
+        "the seed runbook on Cassandra",
+    );
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("backup");
     let (b_file, f_file, snapshot) = (

@@ -10,33 +10,24 @@ use common::*;
 use ortelius_backends::StoreConfig;
 use ortelius_test_servers::etcd::{EtcdCluster, EtcdOptions};
 
+fn store_yaml(etcd: &EtcdCluster) -> String {
+    format!(
+        "{{type: etcd, endpoints: [{}], prefix: /bank}}",
+        etcd.endpoints().join(", ")
+    )
+}
+
 fn config(
     dir: &std::path::Path,
     name: &str,
     etcd: &EtcdCluster,
     management: Option<&str>,
 ) -> std::path::PathBuf {
-    let file = dir.join(name);
-    let management = management
-        .map(|a| format!("  management: {{address: '{a}', token: t0ken}}\n"))
-        .unwrap_or_default();
-    std::fs::write(
-        &file,
-        format!(
-            "atlasdb:\n  keyValueService: {{type: etcd, endpoints: [{}], prefix: /bank}}\n{management}",
-            etcd.endpoints().join(", ")
-        ),
-    )
-    .unwrap();
-    file
+    write_config(dir, name, &store_yaml(etcd), management)
 }
 
 fn store_config(etcd: &EtcdCluster) -> StoreConfig {
-    yaml_serde::from_str(&format!(
-        "{{type: etcd, endpoints: [{}], prefix: /bank}}",
-        etcd.endpoints().join(", ")
-    ))
-    .unwrap()
+    yaml_serde::from_str(&store_yaml(etcd)).unwrap()
 }
 
 #[test]

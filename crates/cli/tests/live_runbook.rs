@@ -107,19 +107,7 @@ impl Deployment {
 
     /// A config file for `store`, optionally with a management address.
     fn config(&self, name: &str, store: &str, management: Option<&str>) -> PathBuf {
-        let file = self.path().join(name);
-        let management = management
-            .map(|a| format!("  management: {{address: '{a}', token: t0ken}}\n"))
-            .unwrap_or_default();
-        std::fs::write(
-            &file,
-            format!(
-                "atlasdb:\n  keyValueService: {}\n{management}",
-                self.store_yaml(store)
-            ),
-        )
-        .unwrap();
-        file
+        write_config(self.path(), name, &self.store_yaml(store), management)
     }
 
     /// Total loss of a store.

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use ortelius_backends::StoreConfig;
 use ortelius_kvs::{Cell, RangeRequest, TableRef};
-use ortelius_test_servers::{free_port, postgres as pg, EtcdCluster, Postgres};
+use ortelius_test_servers::{
+    free_port, on_exit, postgres as pg, time_limit, EtcdCluster, Postgres,
+};
 use ortelius_timelock::wire::{read_frame, ErrorCode, Request, Response};
 use ortelius_timelock::TimestampService;
 use ortelius_timelock_client::{TimelockClient, TimelockConfig};
@@ -79,6 +81,8 @@ impl Server {
                 .spawn()
                 .unwrap(),
         );
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        on_exit(&format!("kill -9 {pid} 2>/dev/null"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&self.address).is_err() {
             assert!(
@@ -164,6 +168,19 @@ impl Server {
     }
 }
 
+/// The index of the server that leads, waiting up to 20 s for one (an election may be under
+/// way, e.g. while etcd itself changes leader).
+fn leader_of(servers: &[Server]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(i) = servers.iter().position(|s| s.child.is_some() && s.leads()) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no timelock server leads");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.signal("-CONT");
@@ -183,6 +200,7 @@ fn client(servers: &[&Server], admin: bool, timeout_secs: u64) -> TimelockClient
 
 #[test]
 fn a_single_server_killed_and_restarted_hands_out_only_larger_timestamps() {
+    let _limit = time_limit(Duration::from_secs(120), "the restart test");
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), None);
     let c = client(&[&server], false, 10);
@@ -329,6 +347,7 @@ fn audit(m: &TransactionManager) -> BTreeSet<String> {
 
 #[test]
 fn three_servers_over_etcd_fail_over_without_going_back_in_time_or_losing_commits() {
+    let _limit = time_limit(Duration::from_secs(300), "the timelock failover test");
     let etcd = EtcdCluster::start(3, &[]);
     let dir = tempfile::tempdir().unwrap();
     let endpoints = etcd.endpoints();
@@ -393,49 +412,52 @@ fn three_servers_over_etcd_fail_over_without_going_back_in_time_or_losing_commit
                 }
             });
         }
-        std::thread::sleep(Duration::from_secs(2));
-        // kill -9 the leader mid-workload.
-        let leader = servers.iter().position(Server::leads).unwrap();
-        eprintln!(
-            "killing leader {leader} after {} timestamps",
-            observations.lock().unwrap().len()
-        );
-        servers[leader].kill();
-        *leader_killed_at.lock().unwrap() = Some(Instant::now());
-        std::thread::sleep(Duration::from_secs(8));
-        eprintln!(
-            "{} timestamps; losing an etcd member",
-            observations.lock().unwrap().len()
-        );
-        // Lose an etcd member: the rest keep a quorum.
-        etcd.kill(2);
-        std::thread::sleep(Duration::from_secs(2));
-        etcd.restart(2);
-        // Pause the (new) leader past its lease, then let it wake.
-        let paused = servers
-            .iter()
-            .position(|s| s.child.is_some() && s.leads())
-            .unwrap();
-        eprintln!("pausing leader {paused} past its lease");
-        servers[paused].signal("-STOP");
-        std::thread::sleep(Duration::from_secs(10));
-        servers[paused].signal("-CONT");
-        match servers[paused].ask_directly() {
-            Response::Error {
-                code: ErrorCode::NotLeader,
-                ..
-            } => {}
-            Response::Range { first, .. } => {
-                panic!("the paused leader handed out {first} after waking past its lease")
+        // The faults; the workers stop even if a step panics, so the panic is reported.
+        let faults = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            // kill -9 the leader mid-workload.
+            let leader = leader_of(&servers);
+            eprintln!(
+                "killing leader {leader} after {} timestamps",
+                observations.lock().unwrap().len()
+            );
+            servers[leader].kill();
+            *leader_killed_at.lock().unwrap() = Some(Instant::now());
+            std::thread::sleep(Duration::from_secs(8));
+            eprintln!(
+                "{} timestamps; losing an etcd member",
+                observations.lock().unwrap().len()
+            );
+            // Lose an etcd member: the rest keep a quorum.
+            etcd.kill(2);
+            std::thread::sleep(Duration::from_secs(2));
+            etcd.restart(2);
+            // Pause the (new) leader past its lease, then let it wake.
+            let paused = leader_of(&servers);
+            eprintln!("pausing leader {paused} past its lease");
+            servers[paused].signal("-STOP");
+            std::thread::sleep(Duration::from_secs(10));
+            servers[paused].signal("-CONT");
+            match servers[paused].ask_directly() {
+                Response::Error {
+                    code: ErrorCode::NotLeader | ErrorCode::Unavailable,
+                    ..
+                } => {}
+                Response::Range { first, .. } => {
+                    panic!("the paused leader handed out {first} after waking past its lease")
+                }
+                other => panic!("unexpected answer {other:?}"),
             }
-            other => panic!("unexpected answer {other:?}"),
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        eprintln!(
-            "{} timestamps; stopping",
-            observations.lock().unwrap().len()
-        );
+            std::thread::sleep(Duration::from_secs(2));
+            eprintln!(
+                "{} timestamps; stopping",
+                observations.lock().unwrap().len()
+            );
+        }));
         stop.store(true, Ordering::SeqCst);
+        if let Err(panic) = faults {
+            std::panic::resume_unwind(panic);
+        }
     });
     let killed = leader_killed_at.lock().unwrap().unwrap();
     let mut observations = observations.into_inner().unwrap();
@@ -512,6 +534,7 @@ fn timelock_client_child() {
 
 #[test]
 fn four_client_processes_share_a_store_through_one_server() {
+    let _limit = time_limit(Duration::from_secs(300), "the shared-server test");
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("tl"), None);
     let (store, yaml) = postgres_store("tlshare");

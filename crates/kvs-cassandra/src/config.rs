@@ -19,8 +19,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ortelius_kvs::config::duration;
 use ortelius_kvs::{KvsError, KvsResult};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// The consistency of reads and writes.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -78,35 +79,6 @@ fn default_connect() -> Duration {
 }
 fn default_request() -> Duration {
     Duration::from_secs(30)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    let parsed = match Raw::deserialize(d)? {
-        Raw::Secs(s) => Some(Duration::from_secs(s)),
-        Raw::Text(t) => {
-            let t = t.trim();
-            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-            let (n, unit) = t.split_at(split);
-            n.parse::<u64>().ok().and_then(|n| match unit {
-                "ms" => Some(Duration::from_millis(n)),
-                "s" | "" => Some(Duration::from_secs(n)),
-                "m" => n.checked_mul(60).map(Duration::from_secs),
-                _ => None,
-            })
-        }
-    };
-    match parsed {
-        Some(d) if !d.is_zero() && d <= Duration::from_secs(3600) => Ok(d),
-        _ => Err(serde::de::Error::custom(
-            "expected a duration between 1ms and 1h, like 10s or 500ms",
-        )),
-    }
 }
 
 impl CassandraConfig {

@@ -11,17 +11,24 @@ use std::time::{Duration, Instant};
 use ortelius_kvs::{Cell, KeyValueService};
 use ortelius_kvs_etcd::{EtcdConfig, EtcdKvs, MaintenanceConfig};
 use ortelius_test_servers::etcd::{EtcdCluster, EtcdOptions};
+use ortelius_test_servers::{time_limit, TimeLimit};
 use ortelius_txn::suite::faults as bank;
 use ortelius_txn::{
     BackupLock, RetryClass, SweepConfig, Sweeper, SystemWallClock, TableMetadata,
     TransactionManager,
 };
 
-/// One test at a time: each runs its own cluster and workload, and timings matter.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+/// One test at a time: each runs its own cluster and workload, and timings matter. Each has
+/// five minutes once its turn comes.
+fn serial() -> (std::sync::MutexGuard<'static, ()>, TimeLimit) {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    let turn = ONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    (
+        turn,
+        time_limit(Duration::from_secs(300), "an etcd fault test"),
+    )
 }
 
 fn config(cluster: &EtcdCluster, prefix: &str) -> EtcdConfig {

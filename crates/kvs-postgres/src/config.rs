@@ -17,8 +17,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ortelius_kvs::config::duration;
 use ortelius_kvs::{KvsError, KvsResult};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// How to reach the PostgreSQL store.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -68,39 +69,6 @@ fn default_pool_size() -> usize {
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
-}
-
-/// A duration as `10s`, `500ms`, `2m`, or a number of seconds.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    let parsed = match Raw::deserialize(d)? {
-        Raw::Secs(s) => Some(Duration::from_secs(s)),
-        Raw::Text(t) => parse_duration(&t),
-    };
-    match parsed {
-        Some(d) if !d.is_zero() && d <= Duration::from_secs(3600) => Ok(d),
-        _ => Err(serde::de::Error::custom(
-            "expected a duration between 1ms and 1h, like 10s or 500ms",
-        )),
-    }
-}
-
-fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        _ => None,
-    }
 }
 
 /// AtlasDB's `type: relational` block (postgres only).

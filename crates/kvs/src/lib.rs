@@ -6,6 +6,7 @@
 //! on no storage engine. It also holds the in-memory backend ([`memory::MemoryKvs`]) and, behind
 //! the `conformance` feature, the one conformance suite every backend runs.
 
+pub mod config;
 mod error;
 pub mod keycodec;
 pub mod memory;

@@ -50,3 +50,25 @@ pub fn is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// Ends this test binary with a message if the returned guard is not dropped within `limit`:
+/// a test that hangs (a server that never answers, a worker thread never told to stop) then
+/// fails loudly instead of running until CI's own time limit, and the servers' watchdogs stop
+/// them.
+#[must_use = "the limit holds until the guard is dropped"]
+pub fn time_limit(limit: std::time::Duration, what: &str) -> TimeLimit {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let what = what.to_owned();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+            eprintln!("{what} did not finish within {limit:?}: ending the test binary");
+            std::process::exit(101);
+        }
+    });
+    TimeLimit { _done: done }
+}
+
+/// See [`time_limit`].
+pub struct TimeLimit {
+    _done: std::sync::mpsc::Sender<()>,
+}

@@ -147,3 +147,23 @@ pub fn timestamp(out: &Output) -> i64 {
 pub fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Writes a config file `dir/name` for the store block `store_yaml` (a YAML flow mapping),
+/// with the management API at `management` (token `t0ken`) when given.
+pub fn write_config(
+    dir: &Path,
+    name: &str,
+    store_yaml: &str,
+    management: Option<&str>,
+) -> std::path::PathBuf {
+    let file = dir.join(name);
+    let management = management
+        .map(|a| format!("  management: {{address: '{a}', token: t0ken}}\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        &file,
+        format!("atlasdb:\n  keyValueService: {store_yaml}\n{management}"),
+    )
+    .unwrap();
+    file
+}
