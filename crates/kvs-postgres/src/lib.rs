@@ -5,8 +5,8 @@
 //! `catalog` table maps names to never-reused ids (from the `table_ids` sequence) and holds the
 //! metadata, so PostgreSQL's 63-byte identifier limit never bites and a dropped-and-recreated
 //! table starts empty. Point reads probe the index once per cell (a `LATERAL ... ORDER BY ts
-//! DESC LIMIT 1` per cell, a batch in one round trip); range scans page by cell with `DISTINCT
-//! ON` and stream. `put_unless_exists` is `INSERT ... ON CONFLICT DO NOTHING` (all or nothing in
+//! DESC LIMIT 1` per cell, a batch in one round trip); range scans stream in pages along the
+//! primary key (see `range`). `put_unless_exists` is `INSERT ... ON CONFLICT DO NOTHING` (all or nothing in
 //! one transaction), `check_and_set` a conditional `UPDATE`. Data writes commit with
 //! `synchronous_commit = off`, atomic operations with it on (see `pool`).
 

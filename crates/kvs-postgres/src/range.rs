@@ -12,21 +12,24 @@ use crate::pool::Phase;
 use crate::sql::{self, RangeShape};
 use crate::{col, PostgresKvs};
 
-/// Cells per page.
+/// Versions (cells when reversed) per page.
 const PAGE: i64 = 2000;
 
-/// One cell's latest visible version.
+/// A version of a cell: row, column, value.
 type Entry = (Vec<u8>, Vec<u8>, Value);
 
-/// A row-range scan: pages of cells in (row, column) order (both descending when reversed),
-/// assembled into rows; a row cut by a page boundary is completed from the next page.
+/// A row-range scan: pages in (row, column) order (both descending when reversed), assembled
+/// into rows; a row cut by a page boundary is completed from the next page. Forward, a page
+/// holds every version below the read timestamp in ascending order, so the last version of a
+/// cell is its newest and replaces the others; reversed, a page holds only the newest version
+/// of each cell (see [`sql::range_page`]).
 pub(crate) struct RangeScan<'a> {
     kvs: &'a PostgresKvs,
     table: TableRef,
     request: RangeRequest,
     ts: Timestamp,
-    /// The last cell fetched: the next page starts after it.
-    cursor: Option<(Vec<u8>, Vec<u8>)>,
+    /// The last version fetched (row, column, timestamp): the next page starts after it.
+    cursor: Option<(Vec<u8>, Vec<u8>, i64)>,
     buffered: VecDeque<Entry>,
     exhausted: bool,
     /// The row being assembled.
@@ -86,9 +89,12 @@ impl<'a> RangeScan<'a> {
                 if shape.has_end {
                     params.push(&rows.end);
                 }
-                if let Some((r, c)) = cursor {
+                if let Some((r, c, t)) = cursor {
                     params.push(r);
                     params.push(c);
+                    if !shape.reverse {
+                        params.push(t);
+                    }
                 }
                 if let Some(cols) = &columns {
                     params.push(cols);
@@ -99,8 +105,9 @@ impl<'a> RangeScan<'a> {
         self.exhausted = (found.len() as i64) < PAGE;
         for row in &found {
             let (r, c): (Vec<u8>, Vec<u8>) = (col(row, 0)?, col(row, 1)?);
-            let value = Value::new(col::<Vec<u8>>(row, 3)?, col(row, 2)?);
-            self.cursor = Some((r.clone(), c.clone()));
+            let ts: i64 = col(row, 2)?;
+            let value = Value::new(col::<Vec<u8>>(row, 3)?, ts);
+            self.cursor = Some((r.clone(), c.clone(), ts));
             self.buffered.push_back((r, c, value));
         }
         Ok(())
@@ -115,6 +122,7 @@ impl<'a> RangeScan<'a> {
                 return Ok(self.pending.take());
             };
             match &mut self.pending {
+                // A later version of a cell replaces an earlier one (forward pages).
                 Some(p) if p.row == row => {
                     p.columns.insert(column, value);
                 }

@@ -48,8 +48,16 @@ pub(crate) struct RangeShape {
     pub reverse: bool,
 }
 
-/// One page of a range scan: the latest version below `$1` of each cell, `LIMIT $2`, then the
-/// optional parameters in order: start, end, cursor row, cursor column, columns.
+/// One page of a range scan, `LIMIT $2`, below the read timestamp `$1`; then the optional
+/// parameters in order: start, end, cursor row, cursor column (and cursor timestamp forward),
+/// columns.
+///
+/// Forward, a page is every version below `$1` in primary-key order — an index range scan that
+/// stops after the page; the caller keeps the newest version of each cell (the last one seen).
+/// `DISTINCT ON` would need `ts DESC` inside an ascending key, which the ascending primary key
+/// cannot give, so PostgreSQL would sort the whole rest of the table for every page. Backward
+/// the key order is `ts DESC` already, so `DISTINCT ON` keeps the newest version per cell on a
+/// backward index scan.
 pub(crate) fn range_page(rel: &str, shape: RangeShape) -> String {
     let mut conditions = vec!["ts < $1".to_owned()];
     let mut n = 2;
@@ -65,22 +73,27 @@ pub(crate) fn range_page(rel: &str, shape: RangeShape) -> String {
     }
     if shape.has_cursor {
         let (r, c) = (param(), param());
-        let op = if shape.reverse { "<" } else { ">" };
-        conditions.push(format!("(row_name, col_name) {op} (${r}, ${c})"));
+        conditions.push(if shape.reverse {
+            format!("(row_name, col_name) < (${r}, ${c})")
+        } else {
+            format!("(row_name, col_name, ts) > (${r}, ${c}, ${})", param())
+        });
     }
     if shape.only_columns {
         conditions.push(format!("col_name = ANY(${})", param()));
     }
-    let order = if shape.reverse {
-        "row_name DESC, col_name DESC, ts DESC"
+    let conditions = conditions.join(" AND ");
+    if shape.reverse {
+        format!(
+            "SELECT DISTINCT ON (row_name, col_name) row_name, col_name, ts, val FROM {rel} \
+             WHERE {conditions} ORDER BY row_name DESC, col_name DESC, ts DESC LIMIT $2"
+        )
     } else {
-        "row_name, col_name, ts DESC"
-    };
-    format!(
-        "SELECT DISTINCT ON (row_name, col_name) row_name, col_name, ts, val FROM {rel} WHERE {} \
-         ORDER BY {order} LIMIT $2",
-        conditions.join(" AND ")
-    )
+        format!(
+            "SELECT row_name, col_name, ts, val FROM {rel} WHERE {conditions} \
+             ORDER BY row_name, col_name, ts LIMIT $2"
+        )
+    }
 }
 
 /// One page of a column range of one row `$1`, below `$2`, `LIMIT $3`, then optional start,

@@ -33,6 +33,7 @@ macro_rules! kvs_conformance_tests {
             get_range_applies_column_selection_and_skips_empty_rows,
             get_range_reads_historical_versions,
             get_range_streams_many_rows_in_order,
+            get_range_keeps_the_newest_of_many_versions_across_pages,
             get_rows_column_range_keeps_caller_row_order,
             get_latest_timestamps_returns_version_timestamps,
             get_all_timestamps_lists_versions_below_bound,
@@ -297,6 +298,47 @@ pub fn get_range_streams_many_rows_in_order<K: KeyValueService + ?Sized>(kvs: &K
     let back = range(kvs, &t, &rev, 4);
     assert_eq!(back.len(), 1500);
     assert!(back.windows(2).all(|w| w[0].row > w[1].row));
+}
+
+/// One cell with more versions than a backend is likely to fetch in one page, between two
+/// other rows: a scan shows only its newest version below the bound, in both directions.
+pub fn get_range_keeps_the_newest_of_many_versions_across_pages<K: KeyValueService + ?Sized>(
+    kvs: &K,
+) {
+    let t = table(kvs, "t");
+    put(kvs, &t, &cell("a", "x"), "a", 1);
+    put(kvs, &t, &cell("z", "x"), "z", 1);
+    let versions: Vec<(Cell, Value)> = (1..=2500)
+        .map(|ts| (cell("m", "x"), Value::new(format!("m{ts}"), ts)))
+        .collect();
+    for chunk in versions.chunks(100) {
+        kvs.put_with_timestamps(&t, chunk).unwrap();
+    }
+    for bound in [2, 1500, 2501, 9000] {
+        for reverse in [false, true] {
+            let request = RangeRequest {
+                reverse,
+                ..RangeRequest::default()
+            };
+            let rows = range(kvs, &t, &request, bound);
+            let newest = (bound - 1).min(2500);
+            let expected = if reverse {
+                ["z", "m", "a"]
+            } else {
+                ["a", "m", "z"]
+            };
+            assert_eq!(
+                row_names(&rows),
+                expected,
+                "bound {bound}, reverse {reverse}"
+            );
+            assert_eq!(
+                rows[1].columns.get(b"x".as_slice()),
+                val(&format!("m{newest}"), newest).as_ref(),
+                "bound {bound}, reverse {reverse}"
+            );
+        }
+    }
 }
 
 pub fn get_rows_column_range_keeps_caller_row_order<K: KeyValueService + ?Sized>(kvs: &K) {
