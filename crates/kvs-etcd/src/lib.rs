@@ -456,16 +456,38 @@ impl EtcdKvs {
             self.config.max_request_bytes,
             |(k, _, _, _, v)| k.len() + v.len(),
         ) {
+            // Fresh versions, the common case, in one round trip: write them all if none exists
+            // yet, else read them back.
+            let reads: Vec<TxnOp> = group
+                .iter()
+                .map(|(k, ..)| TxnOp::get(k.clone(), None))
+                .collect();
+            let fresh = Txn::new()
+                .when(
+                    group
+                        .iter()
+                        .map(|(k, ..)| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
+                        .collect::<Vec<_>>(),
+                )
+                .and_then(
+                    group
+                        .iter()
+                        .map(|(k, _, _, _, v)| TxnOp::put(k.clone(), v.to_vec(), None))
+                        .collect::<Vec<_>>(),
+                )
+                .or_else(reads.clone());
+            let answer = self.txn("put", true, fresh)?;
+            if answer.succeeded() {
+                continue;
+            }
+            // Some exist: identical values are fine, a different one is an error; write the
+            // rest, comparing what exists, and look again if someone wrote meanwhile.
+            let mut existing = answer.op_responses();
+            let mut written = false;
             for _attempt in 0..5 {
-                let reads: Vec<TxnOp> = group
-                    .iter()
-                    .map(|(k, ..)| TxnOp::get(k.clone(), None))
-                    .collect();
-                let existing = self.txn("put", false, Txn::new().and_then(reads))?;
                 let mut compares = Vec::new();
                 let mut puts = Vec::new();
-                for ((key, table, cell, ts, value), op) in group.iter().zip(existing.op_responses())
-                {
+                for ((key, table, cell, ts, value), op) in group.iter().zip(existing) {
                     match get_response(op)?.into_iter().next() {
                         Some(kv) if kv.value() != *value => {
                             return Err(KvsError::ValueAlreadyWritten {
@@ -489,16 +511,22 @@ impl EtcdKvs {
                         }
                     }
                 }
-                if puts.is_empty() {
-                    break;
-                }
-                if self
-                    .txn("put", true, Txn::new().when(compares).and_then(puts))?
-                    .succeeded()
+                if puts.is_empty()
+                    || self
+                        .txn("put", true, Txn::new().when(compares).and_then(puts))?
+                        .succeeded()
                 {
+                    written = true;
                     break;
                 }
-                // Someone wrote one of these versions meanwhile: look again.
+                existing = self
+                    .txn("put", false, Txn::new().and_then(reads.clone()))?
+                    .op_responses();
+            }
+            if !written {
+                return Err(KvsError::Unavailable {
+                    detail: "versions being written kept changing under five attempts to write them; try again".to_owned(),
+                });
             }
         }
         Ok(())
