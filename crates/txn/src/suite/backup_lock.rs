@@ -126,12 +126,16 @@ pub fn acquire_waits_for_a_deletion_in_flight_and_blocks_new_ones(store: &Store)
 
 pub fn a_crashed_deleter_blocks_acquire_only_until_its_lease_ends(store: &Store) {
     let l = lock(store);
-    std::mem::forget(l.begin_deletion(Duration::from_millis(300)).unwrap()); // never finishes
+    // Timed from before the deletion registers, so a slow store (an LWT on Cassandra) cannot
+    // eat into the lease and make a correct wait look too short; a second is far longer than
+    // registering and acquiring take without waiting.
     let started = Instant::now();
+    std::mem::forget(l.begin_deletion(Duration::from_secs(1)).unwrap()); // never finishes
     l.acquire("backup", "r", None, WAIT).unwrap();
     assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "did not wait for the registered deletion"
+        started.elapsed() >= Duration::from_millis(990),
+        "did not wait for the registered deletion ({:?})",
+        started.elapsed()
     );
 }
 
