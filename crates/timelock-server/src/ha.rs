@@ -248,6 +248,9 @@ impl Campaign {
 
     fn set_leader(&self, leader: Option<String>) {
         if let Ok(mut l) = self.leader.lock() {
+            if *l != leader {
+                tracing::info!(leader = ?leader, previous = ?*l, "timelock leader changed");
+            }
             *l = leader;
         }
     }

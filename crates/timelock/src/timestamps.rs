@@ -438,9 +438,9 @@ impl Inner {
                 Some(v) => match &unchanged_since {
                     Some((seen, since)) if seen == v => since.elapsed() >= wait,
                     Some(_) => {
-                        return Err(TimestampError::OwnedElsewhere {
-                            holder: String::from_utf8_lossy(v).into_owned(),
-                        })
+                        let holder = String::from_utf8_lossy(v).into_owned();
+                        tracing::warn!(%holder, "timestamp allocator refused: another process holds the store's lease and renews it");
+                        return Err(TimestampError::OwnedElsewhere { holder });
                     }
                     None => {
                         unchanged_since = Some((v.clone(), Instant::now()));
@@ -504,11 +504,11 @@ impl Inner {
             }
             Err(KvsError::CheckAndSetFailed { actual, .. }) => {
                 // Another allocator took over (we could not renew for a whole lease).
-                state.refused = Some(TimestampError::OwnedElsewhere {
-                    holder: actual.map_or("nobody".to_owned(), |a| {
-                        String::from_utf8_lossy(&a).into_owned()
-                    }),
+                let holder = actual.map_or("nobody".to_owned(), |a| {
+                    String::from_utf8_lossy(&a).into_owned()
                 });
+                tracing::error!(%holder, "timestamp allocator lost its lease to another allocator; it refuses to hand out timestamps from now on");
+                state.refused = Some(TimestampError::OwnedElsewhere { holder });
             }
             // Transient trouble: try again next time; handing out stops if it lasts.
             Err(_) => {}
@@ -557,6 +557,7 @@ impl Inner {
                     expected: describe(state.persisted.as_deref()),
                     found: describe(actual.as_deref()),
                 };
+                tracing::error!(%err, "timestamp allocator refuses to hand out timestamps");
                 state.refused = Some(err.clone());
                 return Err(err);
             }
@@ -571,6 +572,7 @@ impl Inner {
                         expected: describe(state.persisted.as_deref()),
                         found: describe(now.as_deref()),
                     };
+                    tracing::error!(%err, "timestamp allocator refuses to hand out timestamps");
                     state.refused = Some(err.clone());
                     return Err(err);
                 }

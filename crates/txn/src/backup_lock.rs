@@ -32,6 +32,11 @@ pub trait WallClock: Send + Sync {
     fn now_ms(&self) -> u64;
 }
 
+/// A duration in milliseconds, saturating (a lease of centuries is "never", not an overflow).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The system wall clock.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemWallClock;
@@ -260,14 +265,21 @@ impl BackupLock {
                 holder: one_line(holder),
                 reason: one_line(reason),
                 acquired_at_ms: now,
-                lease_expires_ms: lease.map(|l| now + l.as_millis() as u64),
+                lease_expires_ms: lease.map(|l| now.saturating_add(millis(l))),
             };
             state.held = Some(h.clone());
             Ok(h)
         })?;
+        tracing::info!(
+            holder = %taken.holder,
+            reason = %taken.reason,
+            lease_expires_ms = ?taken.lease_expires_ms,
+            "backup lock taken; waiting for deletions in flight"
+        );
         let started = Instant::now();
         loop {
             if self.status()?.deletions_in_flight == 0 {
+                tracing::info!(holder = %taken.holder, "backup lock acquired: deletions paused");
                 return Ok(taken);
             }
             if started.elapsed() >= wait {
@@ -277,6 +289,7 @@ impl BackupLock {
                     }
                     Ok(())
                 });
+                tracing::warn!(holder = %taken.holder, ?wait, "backup lock given up: deletions still in flight");
                 return Err(BackupLockError::DeletionsStillInFlight(wait));
             }
             std::thread::sleep(POLL);
@@ -287,7 +300,14 @@ impl BackupLock {
     /// Returns the holder it released; `NotHeld` if it was not held (an expired holder is
     /// released too, and reported).
     pub fn release(&self) -> Result<BackupLockHolder, BackupLockError> {
-        self.update(|state, _| state.held.take().ok_or(BackupLockError::NotHeld))
+        let released = self.update(|state, _| state.held.take().ok_or(BackupLockError::NotHeld))?;
+        tracing::info!(
+            holder = %released.holder,
+            reason = %released.reason,
+            held_ms = self.clock.now_ms().saturating_sub(released.acquired_at_ms),
+            "backup lock released: deletions resume"
+        );
+        Ok(released)
     }
 
     pub fn status(&self) -> Result<BackupLockStatus, BackupLockError> {
@@ -311,7 +331,7 @@ impl BackupLock {
                 return Err(BackupLockError::DeletionsPaused(h.clone()));
             }
             state.deleters.retain(|(_, e)| *e > now);
-            state.deleters.push((id, now + lease.as_millis() as u64));
+            state.deleters.push((id, now.saturating_add(millis(lease))));
             Ok(())
         })?;
         Ok(DeletionPermit {

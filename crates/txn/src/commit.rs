@@ -38,6 +38,7 @@ pub(crate) fn commit(txn: &Transaction) -> TxnResult<()> {
         write_data(txn, &writes)?;
         data_written = true;
         let commit_ts = fetch_commit_ts(txn)?;
+        let _ = txn.commit_ts.set(commit_ts);
         validate_reads(txn, &writes, commit_ts)?;
         check_locks_held(txn, commit_locks)?;
         put_commit_record(txn, commit_ts)
@@ -173,7 +174,7 @@ pub(crate) fn write_data(txn: &Transaction, writes: &WriteBuffer) -> TxnResult<(
 
 /// Step 5.
 pub(crate) fn fetch_commit_ts(txn: &Transaction) -> TxnResult<Timestamp> {
-    Ok(txn.inner.timestamps.fresh_timestamp()?)
+    txn.inner.fresh_timestamp()
 }
 
 /// Step 6: serializable read validation. Every recorded read of a table that checks

@@ -27,6 +27,7 @@ mod commit;
 mod error;
 mod manager;
 mod metadata;
+mod metrics;
 mod punch;
 mod reader;
 #[cfg(feature = "suite")]
@@ -42,6 +43,7 @@ pub use backup_lock::{
 pub use error::{RetryClass, TxnError, TxnResult};
 pub use manager::{Isolation, TransactionConfig, TransactionManager};
 pub use metadata::{ConflictHandler, SweepStrategy, TableMetadata};
+pub use metrics::Metrics;
 pub use punch::{Puncher, PUNCH_TABLE};
 pub use sweep::{BackgroundSweeper, SweepConfig, SweepReport, Sweeper, SWEEP_PROGRESS_TABLE};
 pub use transaction::{RangeScan, Row, Transaction};

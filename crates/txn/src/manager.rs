@@ -73,9 +73,17 @@ pub(crate) struct Inner {
     pub open_guards: Mutex<HashSet<LockToken>>,
     pub puncher: Puncher,
     last_punch: Mutex<Option<Instant>>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Inner {
+    /// A fresh timestamp from the timestamp service (counted).
+    pub(crate) fn fresh_timestamp(&self) -> TxnResult<Timestamp> {
+        let ts = self.timestamps.fresh_timestamp()?;
+        self.metrics.timestamps(1);
+        Ok(ts)
+    }
+
     /// Punches a fresh timestamp if the last punch is older than the punch interval.
     fn punch_if_due(&self) {
         let due = self.last_punch.lock().is_ok_and(|mut last| {
@@ -86,7 +94,7 @@ impl Inner {
             due
         });
         if due {
-            if let Ok(ts) = self.timestamps.fresh_timestamp() {
+            if let Ok(ts) = self.fresh_timestamp() {
                 // Best effort: a missed punch only makes the unreadable timestamp older.
                 let _ = self.puncher.punch(ts);
             }
@@ -155,6 +163,7 @@ impl TransactionManager {
                 open_guards: Mutex::new(HashSet::new()),
                 puncher,
                 last_punch: Mutex::new(None),
+                metrics: crate::metrics::Metrics::default(),
             }),
         }
         .with_lease_refresher())
@@ -209,6 +218,11 @@ impl TransactionManager {
         &self.inner.locks
     }
 
+    /// This process's transaction metrics (`Metrics::render` gives the Prometheus text).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
     pub fn transactions_table(&self) -> &TransactionsTable {
         &self.inner.txns
     }
@@ -250,7 +264,7 @@ impl TransactionManager {
 
     /// A fresh timestamp.
     pub fn fresh_timestamp(&self) -> TxnResult<Timestamp> {
-        Ok(self.inner.timestamps.fresh_timestamp()?)
+        self.inner.fresh_timestamp()
     }
 
     /// The immutable timestamp: below the start of every running write transaction.
@@ -283,6 +297,7 @@ impl TransactionManager {
             state: Mutex::new(State::Open),
             writes: Mutex::new(Default::default()),
             reads: Mutex::new(Vec::new()),
+            commit_ts: std::sync::OnceLock::new(),
         }
     }
 
@@ -297,6 +312,8 @@ impl TransactionManager {
                 StartError::Timestamp(e) => TxnError::Timestamp(e),
                 StartError::Lock(e) => TxnError::Lock(e),
             })?;
+        // The start timestamp (the guard's timestamp is the lock service's own).
+        self.inner.metrics.timestamps(1);
         if let Ok(mut guards) = self.inner.open_guards.lock() {
             guards.insert(token);
         }
@@ -305,7 +322,7 @@ impl TransactionManager {
 
     /// Starts a read-only transaction: no locks; writes fail.
     pub fn begin_read_only(&self) -> TxnResult<Transaction> {
-        let start_ts = self.inner.timestamps.fresh_timestamp()?;
+        let start_ts = self.inner.fresh_timestamp()?;
         Ok(self.transaction(start_ts, None, true, Isolation::Snapshot))
     }
 
@@ -313,7 +330,7 @@ impl TransactionManager {
     /// backup timestamp). Refuses timestamps not yet handed out: reading "the future" would
     /// miss commits that land below it later.
     pub fn begin_read_only_at(&self, start_ts: Timestamp) -> TxnResult<Transaction> {
-        let now = self.inner.timestamps.fresh_timestamp()?;
+        let now = self.inner.fresh_timestamp()?;
         if start_ts < 0 || start_ts >= now {
             return Err(TxnError::InvalidTimestamp {
                 timestamp: start_ts,

@@ -4,7 +4,8 @@
 use ortelius_kvs::KvsError;
 
 /// How concurrent writers (and, for the serializable handlers, readers) of a table conflict.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ConflictHandler {
     /// No locks, no checks: last writer wins.
     IgnoreAll,
@@ -55,7 +56,8 @@ impl ConflictHandler {
 }
 
 /// Which old versions sweep may remove.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SweepStrategy {
     /// Never swept.
     Nothing,
@@ -82,7 +84,7 @@ impl SweepStrategy {
 }
 
 /// A transactional table's settings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TableMetadata {
     pub conflict_handler: ConflictHandler,
     pub sweep_strategy: SweepStrategy,

@@ -131,7 +131,25 @@ impl Sweeper {
     /// Sweeps one table at the current sweep timestamp.
     pub fn sweep_table(&self, table: &TableRef, dry_run: bool) -> TxnResult<SweepReport> {
         let sweep_ts = self.sweep_timestamp()?;
-        self.sweep_table_at(table, sweep_ts, dry_run)
+        let report = self.sweep_table_at(table, sweep_ts, dry_run)?;
+        tracing::info!(
+            %table,
+            sweep_ts,
+            cells_examined = report.cells_examined,
+            versions_deleted = report.versions_deleted,
+            paused_by_backup_lock = report.paused_by_backup_lock,
+            complete = report.complete,
+            dry_run,
+            "swept"
+        );
+        if !dry_run {
+            self.manager.metrics().sweep(
+                report.cells_examined,
+                report.versions_deleted,
+                report.paused_by_backup_lock,
+            );
+        }
+        Ok(report)
     }
 
     /// Sweeps every transactional table whose strategy is not `Nothing`.

@@ -75,6 +75,8 @@ pub struct Transaction {
     pub(crate) state: Mutex<State>,
     pub(crate) writes: Mutex<WriteBuffer>,
     pub(crate) reads: Mutex<Vec<ReadRecord>>,
+    /// The commit timestamp, once the commit fetched one.
+    pub(crate) commit_ts: std::sync::OnceLock<Timestamp>,
 }
 
 fn poisoned() -> TxnError {
@@ -344,7 +346,14 @@ impl Transaction {
             }
             *state = State::Committing;
         }
+        let written: Vec<TableRef> = lock(&self.writes)?
+            .iter()
+            .filter(|(_, cells)| !cells.is_empty())
+            .map(|(table, _)| table.clone())
+            .collect();
+        let started = std::time::Instant::now();
         let result = crate::commit::commit(self);
+        self.count(&written, &result, started.elapsed());
         *lock(&self.state)? = if result.is_ok() {
             State::Committed
         } else {
@@ -352,6 +361,26 @@ impl Transaction {
         };
         self.release_immutable_lock();
         result
+    }
+
+    /// Counts a commit attempt in the manager's metrics.
+    fn count(&self, written: &[TableRef], result: &TxnResult<()>, elapsed: std::time::Duration) {
+        use crate::metrics::Outcome;
+        let outcome = match result {
+            Ok(()) => Outcome::Committed,
+            Err(
+                TxnError::WriteWriteConflict { table, .. }
+                | TxnError::SerializableConflict { table, .. },
+            ) => Outcome::Conflict(table.clone()),
+            Err(_) => Outcome::Aborted,
+        };
+        self.inner.metrics.commit(written.iter(), &outcome, elapsed);
+    }
+
+    /// The commit timestamp, once a commit fetched one — also when that commit then failed or
+    /// its outcome is unknown. `None` before, and for transactions that wrote nothing.
+    pub fn commit_ts(&self) -> Option<Timestamp> {
+        self.commit_ts.get().copied()
     }
 
     /// Discards the buffered writes and closes the transaction.
