@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ortelius_kvs::memory::MemoryKvs;
 use ortelius_kvs::snapshot::{
     ensure_no_unfinished_restore, RestoreTarget, SnapshotFormat, SnapshotInfo, SnapshotProgress,
-    SnapshotSource,
+    SnapshotSource, TargetState,
 };
 use ortelius_kvs::{KeyValueService, KvsError, KvsResult};
 use serde::Deserialize;
@@ -87,11 +87,26 @@ pub struct Backend {
     pub snapshots: Arc<dyn SnapshotSource>,
 }
 
-/// Opens the configured store. Refuses a store whose restore began and did not finish.
+/// Opens the configured store, creating it if it does not exist. Refuses a store whose
+/// restore began and did not finish.
 pub fn open(config: &StoreConfig) -> KvsResult<Backend> {
     let backend = open_unchecked(config)?;
     ensure_no_unfinished_restore(&*backend.kvs, &config.describe())?;
     Ok(backend)
+}
+
+/// Opens the configured store, which must exist: a missing one (a mistyped `dataDir`, schema,
+/// prefix or keyspace) is refused with [`KvsError::StoreMissing`] and nothing is created.
+/// For every command that reads or backs up a store rather than creating one.
+pub fn open_existing(config: &StoreConfig) -> KvsResult<Backend> {
+    if !matches!(config, StoreConfig::Memory {})
+        && restore_target(config)?.state()? == TargetState::Empty
+    {
+        return Err(KvsError::StoreMissing {
+            store: config.describe(),
+        });
+    }
+    open(config)
 }
 
 fn open_unchecked(config: &StoreConfig) -> KvsResult<Backend> {
@@ -270,5 +285,22 @@ mod tests {
             restore_target(&config).unwrap().state().unwrap(),
             ortelius_kvs::snapshot::TargetState::UnfinishedRestore
         );
+    }
+
+    #[test]
+    fn a_missing_store_is_refused_and_not_created_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::Rocksdb {
+            data_dir: dir.path().join("mistyped"),
+        };
+        let err = open_existing(&config).err().unwrap();
+        assert!(
+            matches!(err, KvsError::StoreMissing { .. }) && err.to_string().contains("mistyped"),
+            "{err}"
+        );
+        assert!(!dir.path().join("mistyped").exists(), "nothing is created");
+        drop(open(&config).unwrap());
+        drop(open_existing(&config).unwrap());
+        assert!(open_existing(&StoreConfig::Memory {}).is_ok());
     }
 }

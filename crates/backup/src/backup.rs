@@ -90,6 +90,14 @@ pub fn backup_cancellable(
     let released = owner.release_backup_lock();
     let (oldest_complete_ts, backup_ts, snapshot, fast_forward_ts) = taken?;
     released?;
+    tracing::info!(
+        dir = %dir.display(),
+        backup_ts,
+        fast_forward_ts,
+        oldest_complete_ts,
+        store_kind = %snapshot.store_kind,
+        "backup: snapshot taken under the backup lock; lock released"
+    );
 
     let mut paths = list_files(&store)?;
     let compression = if options.compress {
@@ -138,5 +146,6 @@ pub fn backup_cancellable(
         files,
     };
     manifest.write(dir)?;
+    tracing::info!(dir = %dir.display(), files = manifest.files.len(), bytes = manifest.total_size(), "backup complete");
     Ok(manifest)
 }

@@ -30,7 +30,10 @@ pub use error::BackupError;
 pub use manifest::{
     Compression, FileEntry, Manifest, FORMAT_VERSION, MANIFEST, STARTED_MARKER, STORE_DIR,
 };
-pub use owner::{DirectOwner, OwnerError, SnapshotTaken, StoreOwner, SweepSummary, LOCK_WAIT};
+pub use owner::{
+    DirectOwner, OwnerError, ScanAnswer, ScanRequest, SnapshotTaken, StoreOwner, SweepSummary,
+    TableInfo, LOCK_WAIT, MAX_SCAN_ROWS,
+};
 pub use progress::{no_progress, Progress, RateLimit};
 pub use restore::{restore, restore_with, RestoreOptions, RestoreReport};
 pub use verify::{verify, verify_deep, verify_with_progress, DeepReport};

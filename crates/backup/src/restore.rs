@@ -72,6 +72,7 @@ pub fn restore_with(
             target: target.describe(),
         });
     }
+    tracing::info!(backup = %backup_dir.display(), target = %target.describe(), as_of, "restore: backup verified; loading");
     let scratch = scratch_dir()?;
     let raw = raw_snapshot(backup_dir, &manifest, scratch.path(), progress)?;
     let bytes_loaded = std::sync::atomic::AtomicU64::new(0);
@@ -87,6 +88,12 @@ pub fn restore_with(
     let cleaned = TransactionsTable::new(kvs.clone(), 1024)
         .and_then(|t| t.clean_from(as_of, |_| {}))
         .map_err(store)?;
+    tracing::info!(
+        deleted = cleaned.deleted,
+        scanned = cleaned.scanned,
+        as_of,
+        "restore: removed transactions committed at or after the backup timestamp"
+    );
     match &options.timestamps {
         Some(timestamps) => timestamps.fast_forward(manifest.fast_forward_ts),
         None => {
@@ -101,11 +108,16 @@ pub fn restore_with(
         }
     }
     .map_err(store)?;
+    tracing::info!(
+        past = manifest.fast_forward_ts,
+        "restore: timestamps fast-forwarded"
+    );
     match BackupLock::new(kvs.clone(), Arc::new(SystemWallClock)).and_then(|l| l.release()) {
         Ok(_) | Err(BackupLockError::NotHeld) => {}
         Err(e) => return Err(store(e)),
     }
     finish_restore(&*kvs).map_err(store)?;
+    tracing::info!(target = %target.describe(), "restore finished");
     Ok(RestoreReport {
         manifest,
         as_of,

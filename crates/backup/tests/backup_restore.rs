@@ -273,6 +273,18 @@ impl StoreOwner for CancelDuringSnapshot<'_> {
     fn sweep(&self, table: Option<&str>, dry_run: bool) -> Result<Vec<SweepSummary>, OwnerError> {
         self.inner.sweep(table, dry_run)
     }
+    fn tables(&self) -> Result<Vec<ortelius_backup::TableInfo>, OwnerError> {
+        self.inner.tables()
+    }
+    fn scan(
+        &self,
+        request: &ortelius_backup::ScanRequest,
+    ) -> Result<ortelius_backup::ScanAnswer, OwnerError> {
+        self.inner.scan(request)
+    }
+    fn metrics(&self) -> Result<String, OwnerError> {
+        self.inner.metrics()
+    }
 }
 
 fn a_cancelled_backup_releases_the_lock_and_leaves_an_incomplete_backup(env: &dyn Env) {

@@ -44,8 +44,12 @@ pub struct AtlasConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ManagementConfig {
     pub address: String,
+    /// Required when the address is not loopback.
     #[serde(default)]
     pub token: Option<String>,
+    /// Where callers from other machines may have snapshots written (absolute directories).
+    #[serde(default)]
+    pub backup_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +145,8 @@ mod tests {
             c.management,
             Some(ManagementConfig {
                 address: "127.0.0.1:7878".into(),
-                token: Some("t".into())
+                token: Some("t".into()),
+                backup_roots: Vec::new(),
             })
         );
     }

@@ -3,8 +3,12 @@
 mod args;
 mod bank;
 mod config;
+mod console;
 mod demo;
+mod migrate;
+mod output;
 mod progress;
+mod register;
 mod runbook;
 mod store;
 
@@ -27,8 +31,23 @@ struct Cli {
     /// JSON pointer to the atlas block in the config (default /atlasdb, then /atlas).
     #[arg(long, global = true)]
     config_root: Option<String>,
+    /// Print each result as one JSON object on stdout (and an error as {"error": ...} on
+    /// stderr) instead of a line of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// How log events are written to stderr; RUST_LOG filters them (default: info for serve,
+    /// workload and timelock serve, warn for everything else).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -79,6 +98,18 @@ enum Command {
         /// Report what would be deleted without deleting.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Copies every table, as of one timestamp, into another store (resumable; verified).
+    Migrate {
+        /// The config file of the target store (read with the same --config-root).
+        #[arg(long)]
+        to: PathBuf,
+        /// Copy the state as of this earlier timestamp (default: a fresh one).
+        #[arg(long)]
+        at: Option<i64>,
+        /// Rows per target transaction (and per read of the source), 1 to 10000.
+        #[arg(long, default_value_t = 1000)]
+        batch_rows: usize,
     },
     /// Acquire, release or inspect the backup lock.
     #[command(group(ArgGroup::new("action").required(true).args(["acquire", "release", "status"])))]
@@ -144,10 +175,28 @@ enum WorkloadCommand {
         #[arg(long)]
         ack_file: Option<PathBuf>,
     },
+    /// Transactions of random reads and unique writes over a few keys, recorded as a history
+    /// for outside checkers (and checked for snapshot isolation at the end).
+    Register {
+        #[arg(long, default_value_t = 10)]
+        keys: u64,
+        #[arg(long, default_value_t = 4)]
+        threads: u64,
+        #[arg(long, default_value = "30s", value_parser = args::parse_duration)]
+        duration: Duration,
+        /// Write the history here: JSON lines, one per transaction.
+        #[arg(long)]
+        history: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
 enum VerifyCommand {
+    /// Checks a history written by `workload register --history` for snapshot isolation.
+    History {
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Money conserved across all accounts, at a fresh timestamp or at --at.
     Bank {
         #[arg(long)]
@@ -155,8 +204,52 @@ enum VerifyCommand {
     },
 }
 
+/// Which rows a console read covers and how it shows them.
+#[derive(clap::Args)]
+struct ReadArgs {
+    /// The table, as namespace.name (`kvs tables` lists them).
+    #[arg(long)]
+    table: String,
+    /// Read the snapshot at this earlier timestamp (default: a fresh one).
+    #[arg(long)]
+    at: Option<i64>,
+    /// How to show keys and values.
+    #[arg(long, value_enum, default_value = "auto")]
+    format: console::Format,
+}
+
 #[derive(Subcommand)]
 enum KvsCommand {
+    /// Lists the application's tables.
+    Tables,
+    /// Prints one row (or one cell of it), read through the transaction layer.
+    Get {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// The row key: text, or bytes as hex:00ff.
+        #[arg(long, value_parser = console::parse_key)]
+        row: console::Key,
+        /// Only this column (text or hex:..).
+        #[arg(long, value_parser = console::parse_key)]
+        column: Option<console::Key>,
+    },
+    /// Prints the rows of a range [start, end), read through the transaction layer.
+    Scan {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// First row (text or hex:..); default: the table's first.
+        #[arg(long, value_parser = console::parse_key, default_value = "")]
+        start: console::Key,
+        /// End row, not included; default: the table's end.
+        #[arg(long, value_parser = console::parse_key, default_value = "")]
+        end: console::Key,
+        /// In descending row order.
+        #[arg(long)]
+        reverse: bool,
+        /// At most this many rows (up to 10000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Writes a raw snapshot of the store into a new directory, live if a process owns the
     /// store (RocksDB: a checkpoint, which is what to use instead of tar on live files).
     #[command(alias = "checkpoint")]
@@ -251,25 +344,26 @@ fn load_config(cli: &Cli) -> Result<config::AtlasConfig> {
 }
 
 fn run(cli: &Cli) -> Result<()> {
+    let out = output::Output { json: cli.json };
     match &cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Timestamp(TimestampCommand::Fetch { file, immutable }) => {
-            runbook::fetch(&load_config(cli)?, file.as_deref(), *immutable)
+            runbook::fetch(&load_config(cli)?, file.as_deref(), *immutable, out)
         }
         Command::Timestamp(TimestampCommand::FastForward { file, timestamp }) => {
             let target = runbook::timestamp_arg(file.as_ref(), *timestamp)?;
-            runbook::fast_forward(&load_config(cli)?, target)
+            runbook::fast_forward(&load_config(cli)?, target, out)
         }
         Command::Timestamp(TimestampCommand::CleanTransactions { file, timestamp }) => {
             let backup_ts = runbook::timestamp_arg(file.as_ref(), *timestamp)?;
-            runbook::clean_transactions(&load_config(cli)?, backup_ts)
+            runbook::clean_transactions(&load_config(cli)?, backup_ts, out)
         }
         Command::Serve => runbook::serve(&load_config(cli)?),
         Command::Timelock(TimelockCommand::Serve(args)) => runbook::timelock_serve(args),
         Command::Backup(BackupArgs {
             action: Some(BackupAction::Verify { dir, deep }),
             ..
-        }) => runbook::verify_backup(dir, *deep),
+        }) => runbook::verify_backup(dir, *deep, out),
         Command::Backup(BackupArgs {
             action: None,
             dir,
@@ -277,14 +371,14 @@ fn run(cli: &Cli) -> Result<()> {
             compress,
         }) => {
             let dir = dir.as_ref().context("backup needs --dir <new directory>")?;
-            runbook::backup(&load_config(cli)?, dir, *rate_limit, *compress)
+            runbook::backup(&load_config(cli)?, dir, *rate_limit, *compress, out)
         }
         Command::Restore {
             dir,
             force,
             as_of,
             rate_limit,
-        } => runbook::restore(&load_config(cli)?, dir, *force, *as_of, *rate_limit),
+        } => runbook::restore(&load_config(cli)?, dir, *force, *as_of, *rate_limit, out),
         Command::Workload(WorkloadCommand::Bank {
             accounts,
             threads,
@@ -297,19 +391,75 @@ fn run(cli: &Cli) -> Result<()> {
                 duration: *duration,
                 ack_file: ack_file.clone(),
             };
-            runbook::workload_bank(&load_config(cli)?, &workload)
+            runbook::workload_bank(&load_config(cli)?, &workload, out)
         }
+        Command::Workload(WorkloadCommand::Register {
+            keys,
+            threads,
+            duration,
+            history,
+        }) => {
+            let workload = register::Workload {
+                keys: *keys,
+                threads: *threads,
+                duration: *duration,
+                history: history.clone(),
+            };
+            runbook::workload_register(&load_config(cli)?, &workload, out)
+        }
+        Command::Verify(VerifyCommand::History { file }) => runbook::verify_history(file, out),
         Command::Verify(VerifyCommand::Bank { at }) => {
-            runbook::verify_bank(&load_config(cli)?, *at)
+            runbook::verify_bank(&load_config(cli)?, *at, out)
         }
         Command::Kvs(KvsCommand::Snapshot { dir, node }) => {
-            runbook::snapshot(&load_config(cli)?, dir, *node)
+            runbook::snapshot(&load_config(cli)?, dir, *node, out)
         }
+        Command::Kvs(KvsCommand::Tables) => {
+            console::tables(&*store::owner(&load_config(cli)?)?, out)
+        }
+        Command::Kvs(KvsCommand::Get { read, row, column }) => console::get(
+            &*store::owner(&load_config(cli)?)?,
+            console::Read {
+                table: read.table.clone(),
+                start: row.0.clone(),
+                end: Vec::new(),
+                column: column.as_ref().map(|c| c.0.clone()),
+                reverse: false,
+                limit: 1,
+                at: read.at,
+                format: read.format,
+            },
+            out,
+        ),
+        Command::Kvs(KvsCommand::Scan {
+            read,
+            start,
+            end,
+            reverse,
+            limit,
+        }) => console::scan(
+            &*store::owner(&load_config(cli)?)?,
+            console::Read {
+                table: read.table.clone(),
+                start: start.0.clone(),
+                end: end.0.clone(),
+                column: None,
+                reverse: *reverse,
+                limit: *limit,
+                at: read.at,
+                format: read.format,
+            },
+            out,
+        ),
         Command::Kvs(KvsCommand::Load { dir, force }) => {
-            runbook::load(&load_config(cli)?, dir, *force)
+            runbook::load(&load_config(cli)?, dir, *force, out)
+        }
+        Command::Migrate { to, at, batch_rows } => {
+            let target = config::load(to, cli.config_root.as_deref())?;
+            runbook::migrate(&load_config(cli)?, &target, *at, *batch_rows, out)
         }
         Command::Sweep { table, dry_run, .. } => {
-            runbook::sweep(&load_config(cli)?, table.as_deref(), *dry_run)
+            runbook::sweep(&load_config(cli)?, table.as_deref(), *dry_run, out)
         }
         Command::BackupLock {
             acquire,
@@ -335,15 +485,39 @@ fn run(cli: &Cli) -> Result<()> {
             } else {
                 runbook::LockAction::Status
             };
-            runbook::backup_lock(&load_config(cli)?, action)
+            runbook::backup_lock(&load_config(cli)?, action, out)
         }
+    }
+}
+
+/// Sends log events to stderr in the chosen format, filtered by RUST_LOG.
+fn init_logging(cli: &Cli) {
+    let long_running = matches!(
+        cli.command,
+        Command::Serve | Command::Workload(_) | Command::Timelock(_)
+    );
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if long_running { "info" } else { "warn" })
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    init_logging(&cli);
     match run(&cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) if cli.json => {
+            eprintln!("{}", serde_json::json!({ "error": format!("{err:#}") }));
+            std::process::ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE

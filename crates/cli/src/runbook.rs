@@ -12,10 +12,12 @@ use ortelius_backup::{BackupOptions, OwnerError, RestoreOptions};
 use ortelius_kvs::snapshot::TargetState;
 use ortelius_timelock::{AllocatorOptions, FastForward, PersistentTimestampService};
 use ortelius_txn::BackupLockHolder;
+use serde_json::json;
 
 use crate::config::AtlasConfig;
+use crate::output::{self, Output};
 use crate::progress::Bars;
-use crate::store::{direct_owner, manager, owner, refuse_live};
+use crate::store::{direct_owner, manager, owner, refuse_live, IfMissing};
 
 /// Reads a timestamp file: one non-negative integer on one line.
 pub fn read_timestamp_file(file: &Path) -> Result<i64> {
@@ -61,7 +63,12 @@ pub fn timestamp_arg(file: Option<&PathBuf>, timestamp: Option<i64>) -> Result<i
     }
 }
 
-pub fn fetch(config: &AtlasConfig, file: Option<&Path>, immutable: bool) -> Result<()> {
+pub fn fetch(
+    config: &AtlasConfig,
+    file: Option<&Path>,
+    immutable: bool,
+    out: Output,
+) -> Result<()> {
     let owner = owner(config)?;
     let ts = if immutable {
         owner.immutable_timestamp()?
@@ -76,38 +83,49 @@ pub fn fetch(config: &AtlasConfig, file: Option<&Path>, immutable: bool) -> Resu
         std::fs::write(file, format!("{ts}\n"))
             .with_context(|| format!("cannot write timestamp file {}", file.display()))?;
     }
-    println!("{ts}");
-    Ok(())
+    out.emit(
+        &json!({ "timestamp": ts, "kind": if immutable { "immutable" } else { "fresh" } }),
+        || ts.to_string(),
+    )
 }
 
-pub fn fast_forward(config: &AtlasConfig, target: i64) -> Result<()> {
+pub fn fast_forward(config: &AtlasConfig, target: i64, out: Output) -> Result<()> {
     refuse_live(config, "fast-forward of an embedded store")?;
-    let (m, _) = manager(config)?;
+    let (m, _) = manager(config, IfMissing::Refuse)?;
     match m.timestamps().fast_forward(target)? {
-        FastForward::Advanced { from, to } => {
-            println!("fast-forwarded the timestamp service from {from} to {to}")
-        }
-        FastForward::AlreadyBeyond { current } => {
-            println!("nothing to do: the timestamp service is already at {current}, past {target}")
-        }
+        FastForward::Advanced { from, to } => out
+            .emit(&json!({ "advanced": true, "from": from, "to": to }), || {
+                format!("fast-forwarded the timestamp service from {from} to {to}")
+            }),
+        FastForward::AlreadyBeyond { current } => out.emit(
+            &json!({ "advanced": false, "current": current, "target": target }),
+            || {
+                format!(
+                    "nothing to do: the timestamp service is already at {current}, past {target}"
+                )
+            },
+        ),
     }
-    Ok(())
 }
 
-pub fn clean_transactions(config: &AtlasConfig, backup_ts: i64) -> Result<()> {
+pub fn clean_transactions(config: &AtlasConfig, backup_ts: i64, out: Output) -> Result<()> {
     refuse_live(config, "clean-transactions")?;
-    let (m, _) = manager(config)?;
+    let (m, _) = manager(config, IfMissing::Refuse)?;
     let report = m.transactions_table().clean_from(backup_ts, |r| {
         eprintln!(
             "scanned {} transactions, {} to delete so far",
             r.scanned, r.deleted
         );
     })?;
-    println!(
-        "scanned {} transactions; deleted {} committed at or after {backup_ts}",
-        report.scanned, report.deleted
-    );
-    Ok(())
+    out.emit(
+        &json!({ "scanned": report.scanned, "deleted": report.deleted, "from_timestamp": backup_ts }),
+        || {
+            format!(
+                "scanned {} transactions; deleted {} committed at or after {backup_ts}",
+                report.scanned, report.deleted
+            )
+        },
+    )
 }
 
 pub enum LockAction {
@@ -127,53 +145,74 @@ fn describe_holder(h: &BackupLockHolder) -> String {
     format!("{} (reason: {})", h.holder, h.reason)
 }
 
-pub fn backup_lock(config: &AtlasConfig, action: LockAction) -> Result<()> {
+/// Who holds the lock, since when and until when, for people.
+fn describe_hold(h: &BackupLockHolder, now: u64) -> String {
+    format!(
+        "{} since {}; lease {}",
+        describe_holder(h),
+        output::moment(h.acquired_at_ms, now),
+        h.lease_expires_ms.map_or("never expires".to_owned(), |e| {
+            format!("expires {}", output::moment(e, now))
+        })
+    )
+}
+
+pub fn backup_lock(config: &AtlasConfig, action: LockAction, out: Output) -> Result<()> {
     let owner = owner(config)?;
     match action {
         LockAction::Acquire { reason, lease } => {
             let holder = format!("ortelius-cli pid {}", std::process::id());
             let held = owner.acquire_backup_lock(&holder, &reason, lease)?;
-            println!("backup lock acquired by {}", describe_holder(&held));
+            out.emit(&json!({ "acquired": held }), || {
+                format!("backup lock acquired by {}", describe_holder(&held))
+            })
         }
         LockAction::Release { force } => match owner.release_backup_lock() {
-            Ok(released) => println!(
-                "backup lock released (was held by {})",
-                describe_holder(&released)
-            ),
-            Err(OwnerError::LockNotHeld) if force => {
-                println!("backup lock was not held; nothing to release")
-            }
-            Err(e) => return Err(e.into()),
+            Ok(released) => out.emit(&json!({ "released": released }), || {
+                format!(
+                    "backup lock released (was held by {})",
+                    describe_holder(&released)
+                )
+            }),
+            Err(OwnerError::LockNotHeld) if force => out.emit(&json!({ "released": null }), || {
+                "backup lock was not held; nothing to release".to_owned()
+            }),
+            Err(e) => Err(e.into()),
         },
         LockAction::Status => {
             let status = owner.backup_lock_status()?;
-            match (&status.held, &status.expired) {
-                (Some(h), _) => println!(
-                    "held by {} since {} ms after the epoch; lease expires {}",
-                    describe_holder(h),
-                    h.acquired_at_ms,
-                    h.lease_expires_ms
-                        .map_or("never".to_owned(), |e| format!("at {e} ms"))
-                ),
-                (None, Some(h)) => println!("not held (the lease of {} expired)", h.holder),
-                (None, None) => println!("not held"),
-            }
-            println!("deletions in flight: {}", status.deletions_in_flight);
+            let now = output::now_ms();
+            out.emit(&json!({ "status": status, "now_ms": now }), || {
+                let state = match (&status.held, &status.expired) {
+                    (Some(h), _) => format!("held by {}", describe_hold(h, now)),
+                    (None, Some(h)) => format!(
+                        "not held (the lease of {} ran out {})",
+                        h.holder,
+                        h.lease_expires_ms
+                            .map_or("?".to_owned(), |e| output::moment(e, now))
+                    ),
+                    (None, None) => "not held".to_owned(),
+                };
+                format!(
+                    "{state}\ndeletions in flight: {}",
+                    status.deletions_in_flight
+                )
+            })
         }
     }
-    Ok(())
 }
 
 /// A raw snapshot of the store, taken live through the owner when there is one.
-pub fn snapshot(config: &AtlasConfig, dir: &Path, node: Option<usize>) -> Result<()> {
+pub fn snapshot(config: &AtlasConfig, dir: &Path, node: Option<usize>, out: Output) -> Result<()> {
     let taken = owner(config)?.snapshot(dir, node)?;
-    println!("{} snapshot written to {}", taken.store_kind, dir.display());
-    Ok(())
+    out.emit(&json!({ "dir": dir, "snapshot": taken }), || {
+        format!("{} snapshot written to {}", taken.store_kind, dir.display())
+    })
 }
 
 /// Loads a raw snapshot into the configured store (offline), leaving the rest of the restore
 /// runbook to the operator.
-pub fn load(config: &AtlasConfig, dir: &Path, force: bool) -> Result<()> {
+pub fn load(config: &AtlasConfig, dir: &Path, force: bool, out: Output) -> Result<()> {
     refuse_live(config, "kvs load")?;
     let target = ortelius_backends::restore_target(&config.key_value_service)?;
     if target.state()? == TargetState::HasData && !force {
@@ -196,31 +235,53 @@ pub fn load(config: &AtlasConfig, dir: &Path, force: bool) -> Result<()> {
         Err(e) => return Err(e.into()),
     }
     ortelius_kvs::snapshot::finish_restore(&*kvs)?;
-    println!(
-        "loaded {} into {}; now run timestamp clean-transactions, timestamp fast-forward and backup-lock --release",
-        dir.display(),
-        target.describe()
-    );
-    Ok(())
+    out.emit(&json!({ "loaded": dir, "into": target.describe() }), || {
+        format!(
+            "loaded {} into {}; now run timestamp clean-transactions, timestamp fast-forward and backup-lock --release",
+            dir.display(),
+            target.describe()
+        )
+    })
 }
 
-/// Sweeps one table or all of them.
-pub fn sweep(config: &AtlasConfig, table: Option<&str>, dry_run: bool) -> Result<()> {
-    for r in owner(config)?.sweep(table, dry_run)? {
+/// Sweeps one table or all of them. A sweep that the backup lock paused says so, with who
+/// holds the lock and since when.
+pub fn sweep(config: &AtlasConfig, table: Option<&str>, dry_run: bool, out: Output) -> Result<()> {
+    let owner = owner(config)?;
+    let reports = owner.sweep(table, dry_run)?;
+    // A sweep that found nothing to delete never met the lock: ask it directly.
+    let status = owner.backup_lock_status()?;
+    let paused =
+        if reports.iter().any(|r| r.paused_by_backup_lock) || (!dry_run && status.held.is_some()) {
+            Some(status.held)
+        } else {
+            None
+        };
+    let now = output::now_ms();
+    out.emit(&json!({ "tables": reports, "paused_by": paused }), || {
         let verb = if dry_run { "would delete" } else { "deleted" };
-        println!(
-            "{}: examined {} cells, {verb} {} versions{}",
-            r.table.as_deref().unwrap_or("?"),
-            r.cells_examined,
-            r.versions_deleted,
-            if r.paused_by_backup_lock {
-                " (paused: the backup lock is held)"
-            } else {
-                ""
-            }
-        );
-    }
-    Ok(())
+        let mut lines: Vec<String> = reports
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: examined {} cells, {verb} {} versions{}",
+                    r.table.as_deref().unwrap_or("?"),
+                    r.cells_examined,
+                    r.versions_deleted,
+                    if r.paused_by_backup_lock { " (paused)" } else { "" }
+                )
+            })
+            .collect();
+        if let Some(holder) = &paused {
+            lines.push(format!(
+                "sweep is paused: the backup lock is held by {}; sweeping resumes once it is released",
+                holder
+                    .as_ref()
+                    .map_or("a holder that has just released it".to_owned(), |h| describe_hold(h, now))
+            ));
+        }
+        lines.join("\n")
+    })
 }
 
 /// Starts the management API (and a background sweeper) over `owner` if the config names an
@@ -240,7 +301,10 @@ fn start_management(
     let background = owner.sweeper().spawn_background(Duration::from_secs(60));
     let server = ortelius_management::ManagementServer::start(
         &management.address,
-        management.token.clone(),
+        ortelius_management::Access {
+            token: management.token.clone(),
+            backup_roots: management.backup_roots.clone(),
+        },
         Arc::new(owner.clone()),
     )
     .map_err(anyhow::Error::msg)?;
@@ -249,8 +313,12 @@ fn start_management(
 }
 
 /// `workload bank`: transfers on the configured store, serving the management API meanwhile.
-pub fn workload_bank(config: &AtlasConfig, workload: &crate::bank::Workload) -> Result<()> {
-    let owner = direct_owner(config)?;
+pub fn workload_bank(
+    config: &AtlasConfig,
+    workload: &crate::bank::Workload,
+    out: Output,
+) -> Result<()> {
+    let owner = direct_owner(config, IfMissing::Create)?;
     let _serving = start_management(config, &owner)?;
     let m = owner.manager();
     let stop = AtomicBool::new(false);
@@ -258,32 +326,137 @@ pub fn workload_bank(config: &AtlasConfig, workload: &crate::bank::Workload) -> 
     let committed = crate::bank::run(m, workload, &stop, true)?;
     let secs = started.elapsed().as_secs_f64();
     let verdict = crate::bank::verify(&m.begin_read_only()?)?;
-    println!(
-        "{committed} transfers in {secs:.1}s ({:.0}/s); {} accounts hold {} in total (conserved)",
-        committed as f64 / secs,
-        verdict.accounts,
-        verdict.total
-    );
-    Ok(())
+    out.emit(
+        &json!({
+            "committed": committed,
+            "seconds": secs,
+            "accounts": verdict.accounts,
+            "total": verdict.total,
+        }),
+        || {
+            format!(
+                "{committed} transfers in {secs:.1}s ({:.0}/s); {} accounts hold {} in total (conserved)",
+                committed as f64 / secs,
+                verdict.accounts,
+                verdict.total
+            )
+        },
+    )
+}
+
+/// `workload register`: the register workload, its history checked at the end.
+pub fn workload_register(
+    config: &AtlasConfig,
+    workload: &crate::register::Workload,
+    out: Output,
+) -> Result<()> {
+    let owner = direct_owner(config, IfMissing::Create)?;
+    let _serving = start_management(config, &owner)?;
+    let stop = AtomicBool::new(false);
+    let history = crate::register::run(owner.manager(), workload, &stop)?;
+    let report = crate::register::check(&history)
+        .map_err(|violation| anyhow::anyhow!("snapshot isolation violated: {violation}"))?;
+    out.emit(&report, || {
+        format!(
+            "{} transactions committed, {} aborted, {} with an unknown outcome; {} reads checked: snapshot isolation holds{}",
+            report.committed,
+            report.aborted,
+            report.unknown,
+            report.reads_checked,
+            workload
+                .history
+                .as_ref()
+                .map_or(String::new(), |p| format!("; history in {}", p.display()))
+        )
+    })
+}
+
+/// `migrate --to T`: every table into the target store, verified.
+pub fn migrate(
+    config: &AtlasConfig,
+    target: &AtlasConfig,
+    at: Option<i64>,
+    batch_rows: usize,
+    out: Output,
+) -> Result<()> {
+    if batch_rows == 0 || batch_rows > ortelius_backup::MAX_SCAN_ROWS {
+        bail!(
+            "--batch-rows must be in 1..={}",
+            ortelius_backup::MAX_SCAN_ROWS
+        );
+    }
+    if target.key_value_service == config.key_value_service {
+        bail!("--to names the configured store itself; give the config of another store");
+    }
+    let source = owner(config)?;
+    let (target_manager, _) = manager(target, IfMissing::Create)?;
+    let started = Instant::now();
+    let report = crate::migrate::run(&crate::migrate::Migration {
+        source: &*source,
+        target: &target_manager,
+        target_name: target.key_value_service.describe(),
+        at,
+        batch_rows,
+    })?;
+    out.emit(&report, || {
+        let copied: u64 = report.tables.iter().map(|t| t.rows_copied).sum();
+        let rows: u64 = report.tables.iter().map(|t| t.rows).sum();
+        format!(
+            "migrated {} tables as of timestamp {} into {} in {:.1?}: {copied} rows copied{}, {rows} rows identical on both sides",
+            report.tables.len(),
+            report.at,
+            target.key_value_service.describe(),
+            started.elapsed(),
+            if report.resumed { " (resumed)" } else { "" }
+        )
+    })
+}
+
+/// `verify history --file F`.
+pub fn verify_history(file: &Path, out: Output) -> Result<()> {
+    let history = crate::register::read_history(file)?;
+    let report = crate::register::check(&history)
+        .map_err(|violation| anyhow::anyhow!("snapshot isolation violated: {violation}"))?;
+    out.emit(&report, || {
+        format!(
+            "{}: {} transactions ({} committed, {} aborted, {} unknown), {} reads checked: snapshot isolation holds",
+            file.display(),
+            history.len(),
+            report.committed,
+            report.aborted,
+            report.unknown,
+            report.reads_checked
+        )
+    })
 }
 
 /// `verify bank`: the invariant at a fresh timestamp or at `at` (offline).
-pub fn verify_bank(config: &AtlasConfig, at: Option<i64>) -> Result<()> {
+pub fn verify_bank(config: &AtlasConfig, at: Option<i64>, out: Output) -> Result<()> {
     refuse_live(config, "verify bank (it reads the store directly)")?;
-    let (m, _) = manager(config)?;
+    let (m, _) = manager(config, IfMissing::Refuse)?;
     let txn = match at {
         Some(ts) => m.begin_read_only_at(ts)?,
         None => m.begin_read_only()?,
     };
     let v = crate::bank::verify(&txn)?;
-    println!(
-        "ok at timestamp {}: {} accounts hold {} in total; {} transfers recorded",
-        txn.start_ts(),
-        v.accounts,
-        v.total,
-        v.transfers
-    );
-    Ok(())
+    out.emit(
+        &json!({
+            "ok": true,
+            "timestamp": txn.start_ts(),
+            "accounts": v.accounts,
+            "total": v.total,
+            "transfers": v.transfers,
+        }),
+        || {
+            format!(
+                "ok at timestamp {}: {} accounts hold {} in total; {} transfers recorded",
+                txn.start_ts(),
+                v.accounts,
+                v.total,
+                v.transfers
+            )
+        },
+    )
 }
 
 /// Runs the management API over the configured store until the process is killed.
@@ -291,7 +464,7 @@ pub fn serve(config: &AtlasConfig) -> Result<()> {
     if config.management.is_none() {
         bail!("serve needs management.address in the config (e.g. 127.0.0.1:7878)");
     }
-    let owner = direct_owner(config)?;
+    let owner = direct_owner(config, IfMissing::Create)?;
     let _serving = start_management(config, &owner)?;
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -304,6 +477,7 @@ pub fn backup(
     dir: &Path,
     rate_limit: Option<u64>,
     compress: bool,
+    out: Output,
 ) -> Result<()> {
     // Ctrl-C stops the backup at its next step and releases the lock at once (instead of
     // leaving it to its lease).
@@ -324,50 +498,87 @@ pub fn backup(
     );
     bars.finish();
     let manifest = manifest?;
-    println!(
-        "backup of {} complete in {:.1?}: {} files, {:.1} MB; B = {}, F = {}, every version kept from {}",
-        manifest.store_kind,
-        started.elapsed(),
-        manifest.files.len(),
-        manifest.total_size() as f64 / 1e6,
-        manifest.backup_ts,
-        manifest.fast_forward_ts,
-        manifest.oldest_complete_ts
-    );
-    Ok(())
+    let elapsed = started.elapsed();
+    out.emit(
+        &json!({
+            "dir": dir,
+            "store_kind": manifest.store_kind,
+            "files": manifest.files.len(),
+            "bytes": manifest.total_size(),
+            "backup_ts": manifest.backup_ts,
+            "fast_forward_ts": manifest.fast_forward_ts,
+            "oldest_complete_ts": manifest.oldest_complete_ts,
+            "seconds": elapsed.as_secs_f64(),
+        }),
+        || {
+            format!(
+                "backup of {} complete in {elapsed:.1?}: {} files, {:.1} MB; B = {}, F = {}, every version kept from {}",
+                manifest.store_kind,
+                manifest.files.len(),
+                manifest.total_size() as f64 / 1e6,
+                manifest.backup_ts,
+                manifest.fast_forward_ts,
+                manifest.oldest_complete_ts
+            )
+        },
+    )
 }
 
 /// `backup verify --dir D [--deep]`.
-pub fn verify_backup(dir: &Path, deep: bool) -> Result<()> {
+pub fn verify_backup(dir: &Path, deep: bool, out: Output) -> Result<()> {
     if deep {
         let r = ortelius_backup::verify_deep(dir)?;
-        let transactions = match r.transactions {
-            Some(n) => format!(
-                "{n} transactions well-formed and before F = {}",
-                r.manifest.fast_forward_ts
-            ),
-            None => format!(
-                "the transactions table is not readable without a {} server (checked on restore)",
-                r.manifest.store_kind
-            ),
-        };
-        println!(
-            "backup {} is intact: {} files match their checksums; {} entries read back, {transactions}",
-            dir.display(),
-            r.manifest.files.len(),
-            r.entries
-        );
+        let m = &r.manifest;
+        out.emit(
+            &json!({
+                "dir": dir,
+                "intact": true,
+                "files": m.files.len(),
+                "backup_ts": m.backup_ts,
+                "fast_forward_ts": m.fast_forward_ts,
+                "entries": r.entries,
+                "transactions": r.transactions,
+            }),
+            || {
+                let transactions = match r.transactions {
+                    Some(n) => format!(
+                        "{n} transactions well-formed and before F = {}",
+                        m.fast_forward_ts
+                    ),
+                    None => format!(
+                        "the transactions table is not readable without a {} server (checked on restore)",
+                        m.store_kind
+                    ),
+                };
+                format!(
+                    "backup {} is intact: {} files match their checksums; {} entries read back, {transactions}",
+                    dir.display(),
+                    m.files.len(),
+                    r.entries
+                )
+            },
+        )
     } else {
         let m = ortelius_backup::verify(dir)?;
-        println!(
-            "backup {} is intact: {} files match their checksums; B = {}, F = {}",
-            dir.display(),
-            m.files.len(),
-            m.backup_ts,
-            m.fast_forward_ts
-        );
+        out.emit(
+            &json!({
+                "dir": dir,
+                "intact": true,
+                "files": m.files.len(),
+                "backup_ts": m.backup_ts,
+                "fast_forward_ts": m.fast_forward_ts,
+            }),
+            || {
+                format!(
+                    "backup {} is intact: {} files match their checksums; B = {}, F = {}",
+                    dir.display(),
+                    m.files.len(),
+                    m.backup_ts,
+                    m.fast_forward_ts
+                )
+            },
+        )
     }
-    Ok(())
 }
 
 /// `restore --dir D`: into the configured store, offline.
@@ -377,6 +588,7 @@ pub fn restore(
     force: bool,
     as_of: Option<i64>,
     rate_limit: Option<u64>,
+    out: Output,
 ) -> Result<()> {
     refuse_live(config, "restore")?;
     let target = ortelius_backends::restore_target(&config.key_value_service)?;
@@ -393,17 +605,29 @@ pub fn restore(
     let report = ortelius_backup::restore_with(dir, &*target, &options, &progress);
     bars.finish();
     let report = report?;
-    println!(
-        "restored {} into {} in {:.1?} as of {}: loaded {:.1} MB, removed {} later transactions, fast-forwarded past {}, released the backup lock",
-        dir.display(),
-        target.describe(),
-        started.elapsed(),
-        report.as_of,
-        report.bytes_loaded as f64 / 1e6,
-        report.transactions_removed,
-        report.manifest.fast_forward_ts
-    );
-    Ok(())
+    let elapsed = started.elapsed();
+    out.emit(
+        &json!({
+            "dir": dir,
+            "into": target.describe(),
+            "as_of": report.as_of,
+            "bytes_loaded": report.bytes_loaded,
+            "transactions_removed": report.transactions_removed,
+            "fast_forward_ts": report.manifest.fast_forward_ts,
+            "seconds": elapsed.as_secs_f64(),
+        }),
+        || {
+            format!(
+                "restored {} into {} in {elapsed:.1?} as of {}: loaded {:.1} MB, removed {} later transactions, fast-forwarded past {}, released the backup lock",
+                dir.display(),
+                target.describe(),
+                report.as_of,
+                report.bytes_loaded as f64 / 1e6,
+                report.transactions_removed,
+                report.manifest.fast_forward_ts
+            )
+        },
+    )
 }
 
 /// `timelock serve`: the shared timestamp and lock server, until killed.

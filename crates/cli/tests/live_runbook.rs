@@ -128,6 +128,30 @@ impl Deployment {
         }
     }
 
+    /// Whether anything of `store` exists: its directory, schema or keys.
+    fn exists(&self, store: &str) -> bool {
+        match self.backend {
+            Backend::Rocksdb => self.path().join(store).exists(),
+            Backend::Etcd(etcd) => {
+                let prefix = format!("/{}", self.schema(store));
+                let out = etcd.etcdctl(&[0], &["get", "--prefix", "--keys-only", &prefix]);
+                assert!(out.status.success(), "{out:?}");
+                !out.stdout.iter().all(u8::is_ascii_whitespace)
+            }
+            Backend::Postgres(pg) => {
+                pg.psql(
+                    ortelius_test_servers::postgres::DATABASE,
+                    &format!(
+                        "SELECT count(*) FROM pg_namespace WHERE nspname = '{}'",
+                        self.schema(store)
+                    ),
+                )
+                .trim()
+                    != "0"
+            }
+        }
+    }
+
     fn manager(&self, store: &str) -> (ortelius_txn::TransactionManager, TableRef) {
         (
             common::manager(&self.store_config(store)),
@@ -154,6 +178,39 @@ fn the_runbook_runs_live_through_serve_and_restores_offline(d: &Deployment) {
             .unwrap(),
     );
     wait_live(&address);
+    // A wrong token is reported as refused (not as a process that does not answer), and a
+    // second process on the store is told who owns it.
+    let wrong_token = d.path().join("wrong-token.yml");
+    std::fs::write(
+        &wrong_token,
+        std::fs::read_to_string(&live_config)
+            .unwrap()
+            .replace("t0ken", "wr0ng"),
+    )
+    .unwrap();
+    let out = ortelius(&wrong_token, &["timestamp", "fetch"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("refused the token"),
+        "{stderr}"
+    );
+    let out = ortelius(
+        &live_config,
+        &["workload", "bank", "--accounts", "5", "--duration", "1s"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && (stderr.contains(&format!("owned by process {}", serving.0.id()))
+                || stderr.contains("is the timestamp authority of this store")),
+        "{stderr}"
+    );
+    // The console reads through the live owner.
+    let got = ok(&ortelius(
+        &live_config,
+        &["kvs", "get", "--table", "bank.accounts", "--row", "alice"],
+    ));
+    assert!(got.starts_with("alice\tbalance\t100\n"), "{got}");
     let backup = d.path().join("backup");
     let b_file = backup.join("backup.timestamp");
     let f_file = backup.join("fast-forward.timestamp");
@@ -246,12 +303,12 @@ fn the_runbook_runs_live_through_serve_and_restores_offline(d: &Deployment) {
 }
 
 /// Starts the bank workload on the deployment's "live" store.
-fn start_bank_workload(d: &Deployment) -> (PathBuf, PathBuf, Serving) {
+fn start_bank_workload(d: &Deployment) -> (PathBuf, PathBuf, Serving, String) {
     let address = free_address();
     let live_config = d.config("live.yml", "live", Some(&address));
     let acks = d.path().join("acks");
     let workload = common::start_bank_workload(&live_config, &address, &acks);
-    (live_config, acks, workload)
+    (live_config, acks, workload, address)
 }
 
 fn check_restored(d: &Deployment, store: &str, acked_before_b: &[String], b: i64, f: i64) {
@@ -259,7 +316,7 @@ fn check_restored(d: &Deployment, store: &str, acked_before_b: &[String], b: i64
 }
 
 fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycles(d: &Deployment) {
-    let (live_config, acks, workload) = start_bank_workload(d);
+    let (live_config, acks, workload, _) = start_bank_workload(d);
     let mut backups = Vec::new();
     for cycle in 0..3 {
         let backup = d.path().join(format!("backup{cycle}"));
@@ -340,9 +397,28 @@ fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycl
 }
 
 fn one_shot_backups_during_the_workload_restore_consistently(d: &Deployment) {
-    let (live_config, acks, workload) = start_bank_workload(d);
+    let (live_config, acks, workload, address) = start_bank_workload(d);
     let mut backups = Vec::new();
     // CI runs two cycles; scripts/soak.sh runs ORTELIUS_SOAK_CYCLES (25) of them.
+    // The live process's metrics count the workload's commits and the backups' snapshots.
+    let scrape = || {
+        use ortelius_backup::StoreOwner;
+        ortelius_management::ManagementClient::new(&address, Some("t0ken".into()))
+            .metrics()
+            .unwrap()
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+    };
+    let before = scrape();
+    assert!(value(&before, "ortelius_commits_total{table=\"bank.accounts\"}") > 0.0);
+    assert!(value(&before, "ortelius_commit_seconds_count") > 0.0);
+    assert_eq!(
+        value(&before, "ortelius_last_snapshot_timestamp_seconds"),
+        0.0
+    );
     let cycles: usize = std::env::var("ORTELIUS_SOAK_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -388,6 +464,13 @@ fn one_shot_backups_during_the_workload_restore_consistently(d: &Deployment) {
         !busy.status.success()
             && String::from_utf8_lossy(&busy.stderr).contains("only safe offline")
     );
+    let after = scrape();
+    assert!(value(&after, "ortelius_last_snapshot_timestamp_seconds") > 0.0);
+    assert!(
+        value(&after, "ortelius_commits_total{table=\"bank.accounts\"}")
+            > value(&before, "ortelius_commits_total{table=\"bank.accounts\"}")
+    );
+    assert_eq!(value(&after, "ortelius_backup_lock_held"), 0.0);
     drop(workload);
     d.lose("live");
 
@@ -417,6 +500,63 @@ fn one_shot_backups_during_the_workload_restore_consistently(d: &Deployment) {
             manifest.fast_forward_ts,
         );
     }
+    println!(
+        "SUMMARY backup cycles: {cycles} live one-shot backups during the bank workload, each restored after total loss with every acknowledged transfer before B present, nothing after B visible, money conserved"
+    );
+}
+
+/// A config that points at no store (a mistyped directory, schema or prefix): every command
+/// that reads, locks or backs up a store refuses it, naming where it looked, and creates
+/// nothing; the commands that start a store (`workload`) still create it.
+fn a_missing_store_is_refused_by_every_command_that_does_not_create_one(d: &Deployment) {
+    let config = d.config("mistyped.yml", "mistyped", None);
+    let (ts_file, snapshot_dir, backup_dir) = (
+        d.path().join("b.timestamp"),
+        d.path().join("snapshot"),
+        d.path().join("backup"),
+    );
+    let commands: [&[&str]; 11] = [
+        &["timestamp", "fetch"],
+        &["timestamp", "fetch", "--file", path(&ts_file)],
+        &["backup-lock", "--acquire", "--lease", "1h"],
+        &["backup-lock", "--status"],
+        &["backup-lock", "--release", "--force"],
+        &["kvs", "checkpoint", "--dir", path(&snapshot_dir)],
+        &["backup", "--dir", path(&backup_dir)],
+        &["verify", "bank"],
+        &["sweep", "--all"],
+        &["timestamp", "clean-transactions", "--timestamp", "1"],
+        &["timestamp", "fast-forward", "--timestamp", "5"],
+    ];
+    for args in commands {
+        let out = ortelius(&config, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && stderr.contains("there is no store at")
+                && stderr.contains("mistyped"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!d.exists("mistyped"), "{args:?} created the store");
+    }
+    for made in [&ts_file, &snapshot_dir, &backup_dir] {
+        assert!(!made.exists(), "{} was written", made.display());
+    }
+    ok(&ortelius(
+        &config,
+        &[
+            "workload",
+            "bank",
+            "--accounts",
+            "5",
+            "--threads",
+            "1",
+            "--duration",
+            "1s",
+        ],
+    ));
+    assert!(d.exists("mistyped"));
+    timestamp(&ortelius(&config, &["timestamp", "fetch"]));
 }
 
 macro_rules! on_backends {
@@ -434,6 +574,7 @@ macro_rules! on_backends {
 }
 
 on_backends!(
+    a_missing_store_is_refused_by_every_command_that_does_not_create_one,
     the_runbook_runs_live_through_serve_and_restores_offline,
     backups_taken_during_the_bank_workload_restore_consistently_over_several_cycles,
     one_shot_backups_during_the_workload_restore_consistently,

@@ -303,3 +303,374 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     });
     assert!(ok(&env.run(&["backup-lock", "--status"])).contains("not held"));
 }
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+}
+
+#[test]
+fn results_print_as_json_and_the_lock_status_reads_as_dates() {
+    let env = Env::new();
+    env.with_manager(|m, t| commit(m, t, "x"));
+    let fetched = json(&ok(&env.run(&["--json", "timestamp", "fetch"])));
+    assert!(fetched["timestamp"].as_i64().unwrap() > 0, "{fetched}");
+    assert_eq!(fetched["kind"], "fresh");
+    let acquired = json(&ok(&env.run(&[
+        "--json",
+        "backup-lock",
+        "--acquire",
+        "--reason",
+        "nightly",
+        "--lease",
+        "2h",
+    ])));
+    assert_eq!(acquired["acquired"]["reason"], "nightly", "{acquired}");
+    let status = ok(&env.run(&["backup-lock", "--status"]));
+    assert!(
+        status.contains("held by ortelius-cli pid")
+            && status.contains("UTC (")
+            && status.contains("ago)")
+            && status.contains("lease expires")
+            && status.contains("(in 1h 59m)"),
+        "{status}"
+    );
+    let raw = json(&ok(&env.run(&["--json", "backup-lock", "--status"])));
+    let held = &raw["status"]["held"];
+    assert_eq!(held["reason"], "nightly", "{raw}");
+    assert!(held["acquired_at_ms"].as_u64().unwrap() <= raw["now_ms"].as_u64().unwrap());
+    // A sweep that the lock pauses says so, with the holder and since when.
+    let swept = ok(&env.run(&["sweep", "--all"]));
+    assert!(
+        swept.contains("sweep is paused") && swept.contains("nightly") && swept.contains("since"),
+        "{swept}"
+    );
+    let swept = json(&ok(&env.run(&["--json", "sweep", "--all"])));
+    assert_eq!(swept["paused_by"]["reason"], "nightly", "{swept}");
+    assert!(!swept["tables"].as_array().unwrap().is_empty());
+    let released = json(&ok(&env.run(&["--json", "backup-lock", "--release"])));
+    assert_eq!(released["released"]["reason"], "nightly");
+    let swept = json(&ok(&env.run(&["--json", "sweep", "--all"])));
+    assert!(swept["paused_by"].is_null(), "{swept}");
+    // Protocol events are logged: JSON lines on stderr with --log-format json.
+    let logged = Command::new(env!("CARGO_BIN_EXE_ortelius"))
+        .env("RUST_LOG", "info")
+        .arg("--config")
+        .arg(&env.config)
+        .args([
+            "--log-format",
+            "json",
+            "backup-lock",
+            "--acquire",
+            "--reason",
+            "logged",
+        ])
+        .output()
+        .unwrap();
+    ok(&logged);
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&logged.stderr)
+        .lines()
+        .map(json)
+        .collect();
+    assert!(
+        events.iter().any(|e| e["level"] == "INFO"
+            && e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("backup lock acquired"))
+            && e["fields"]["holder"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("ortelius-cli pid"))),
+        "{events:?}"
+    );
+    let quiet = env.run(&["backup-lock", "--release"]);
+    ok(&quiet);
+    assert!(
+        quiet.stderr.is_empty(),
+        "no log lines by default for a one-shot command: {}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    // An error is one JSON object on stderr, with a non-zero exit.
+    let out = env.run(&["--json", "backup-lock", "--release"]);
+    assert!(!out.status.success());
+    let error = json(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        error["error"].as_str().unwrap().contains("not held"),
+        "{error}"
+    );
+    let ff = json(&ok(&env.run(&[
+        "--json",
+        "timestamp",
+        "fast-forward",
+        "--timestamp",
+        "5",
+    ])));
+    assert_eq!(ff["advanced"], false, "{ff}");
+}
+
+#[test]
+fn the_console_reads_tables_rows_and_ranges_at_a_timestamp() {
+    let env = Env::new();
+    let before_c = env.with_manager(|m, t| {
+        commit(m, t, "a");
+        commit(m, t, "b");
+        let before_c = m.fresh_timestamp().unwrap();
+        m.run(|txn| {
+            txn.put(t, &Cell::new("c", "balance").unwrap(), b"100".to_vec())?;
+            txn.put(
+                t,
+                &Cell::new("c", "doc").unwrap(),
+                br#"{"k": [1]}"#.to_vec(),
+            )?;
+            txn.put(t, &Cell::new(vec![0xff, 0], "raw").unwrap(), vec![0, 1])
+        })
+        .unwrap();
+        before_c
+    });
+    assert!(ok(&env.run(&["kvs", "tables"])).contains("bank.accounts"));
+    let table = ["--table", "bank.accounts"];
+    let got = ok(&env.run(&[&["kvs", "get", "--row", "a"], &table[..]].concat()));
+    assert!(got.starts_with("a\tbalance\t100\n"), "{got}");
+    let got = ok(&env.run(
+        &[
+            &[
+                "kvs", "get", "--row", "c", "--column", "doc", "--format", "json",
+            ],
+            &table[..],
+        ]
+        .concat(),
+    ));
+    assert!(got.starts_with("c\tdoc\t{\"k\":[1]}\n"), "{got}");
+    let got = ok(&env.run(&[&["kvs", "get", "--row", "hex:ff00"], &table[..]].concat()));
+    assert!(got.starts_with("0xff00\traw\t0x0001\n"), "{got}");
+    fails(
+        &env.run(&[&["kvs", "get", "--row", "zed"], &table[..]].concat()),
+        "no row zed",
+    );
+    fails(
+        &env.run(&["kvs", "get", "--table", "no.such", "--row", "a"]),
+        "there is no table no.such",
+    );
+    fails(
+        &env.run(&[&["kvs", "get", "--row", "hex:0"], &table[..]].concat()),
+        "odd number of hex digits",
+    );
+    let out = env.run(&[&["kvs", "scan", "--limit", "2"], &table[..]].concat());
+    let scanned = ok(&out);
+    assert!(
+        scanned.starts_with("a\tbalance\t100\nb\tbalance\t100\n# 2 row(s)"),
+        "{scanned}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more rows follow"));
+    let scanned = json(&ok(&env.run(
+        &[
+            &["--json", "kvs", "scan", "--reverse", "--end", "c"],
+            &table[..],
+        ]
+        .concat(),
+    )));
+    let rows: Vec<&str> = scanned["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["row"].as_str().unwrap())
+        .collect();
+    assert_eq!(rows, ["b", "a"], "{scanned}");
+    assert_eq!(scanned["more"], false);
+    let at = before_c.to_string();
+    let old = json(&ok(
+        &env.run(&[&["--json", "kvs", "scan", "--at", &at], &table[..]].concat())
+    ));
+    assert_eq!(old["timestamp"].as_i64(), Some(before_c));
+    assert_eq!(old["rows"].as_array().unwrap().len(), 2, "{old}");
+    fails(
+        &env.run(&[&["kvs", "scan", "--limit", "0"], &table[..]].concat()),
+        "--limit must be in 1..=10000",
+    );
+    fails(
+        &env.run(&[&["kvs", "scan", "--at", "999999999999"], &table[..]].concat()),
+        "999999999999",
+    );
+}
+
+#[test]
+fn the_register_workload_writes_a_history_that_checks_out_and_a_tampered_one_does_not() {
+    let env = Env::new();
+    let history = env.dir.path().join("history.jsonl");
+    let history_arg = history.to_str().unwrap();
+    let report = json(&ok(&env.run(&[
+        "--json",
+        "workload",
+        "register",
+        "--keys",
+        "3",
+        "--threads",
+        "4",
+        "--duration",
+        "3s",
+        "--history",
+        history_arg,
+    ])));
+    assert!(report["committed"].as_u64().unwrap() > 10, "{report}");
+    assert!(report["reads_checked"].as_u64().unwrap() > 10, "{report}");
+    let text = std::fs::read_to_string(&history).unwrap();
+    let entries: Vec<serde_json::Value> = text.lines().map(json).collect();
+    assert_eq!(
+        entries.len() as u64,
+        report["committed"].as_u64().unwrap()
+            + report["aborted"].as_u64().unwrap()
+            + report["unknown"].as_u64().unwrap()
+    );
+    for e in &entries {
+        assert!(
+            e["process"].is_u64() && e["start_ts"].is_i64() && e["ops"].is_array(),
+            "{e}"
+        );
+        assert!(["committed", "aborted", "unknown"].contains(&e["outcome"].as_str().unwrap()));
+    }
+    assert!(ok(&env.run(&["verify", "history", "--file", history_arg]))
+        .contains("snapshot isolation holds"));
+    // A read changed to a value nobody wrote is caught.
+    let (i, op) = entries
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| {
+            let ops = e["ops"].as_array()?;
+            let j = ops.iter().position(|o| o[0] == "r")?;
+            Some((i, j))
+        })
+        .unwrap();
+    let mut tampered = entries.clone();
+    tampered[i]["ops"][op][2] = serde_json::json!(999_999_999);
+    let tampered_file = env.dir.path().join("tampered.jsonl");
+    std::fs::write(
+        &tampered_file,
+        tampered
+            .iter()
+            .map(|e| format!("{e}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    fails(
+        &env.run(&[
+            "verify",
+            "history",
+            "--file",
+            tampered_file.to_str().unwrap(),
+        ]),
+        "snapshot isolation violated",
+    );
+    fails(
+        &env.run(&["verify", "history", "--file", "/no/such/history"]),
+        "cannot read history file",
+    );
+}
+
+#[test]
+fn migrate_copies_every_table_resumes_after_a_kill_and_verifies_both_sides() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let d = env.dir.path();
+    env.with_manager(|m, t| {
+        let rows: Vec<u32> = (0..20_000).collect();
+        for chunk in rows.chunks(2000) {
+            m.run(|txn| {
+                for i in chunk {
+                    txn.put(
+                        t,
+                        &Cell::new(format!("r{i:06}"), "balance")?,
+                        i.to_be_bytes(),
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        let audit = TableRef::new("bank", "audit").unwrap();
+        let serializable = TableMetadata {
+            conflict_handler: ortelius_txn::ConflictHandler::Serializable,
+            ..TableMetadata::default()
+        };
+        m.create_table(&audit, serializable).unwrap();
+        m.run(|txn| txn.put(&audit, &Cell::new("a", "b")?, b"c".to_vec()))
+            .unwrap();
+    });
+    let target = write(
+        d,
+        "target.yml",
+        &format!(
+            "atlasdb:\n  keyValueService: {{type: rocksdb, dataDir: {}}}\n",
+            d.join("target").display()
+        ),
+    );
+    let migrate = ["migrate", "--to", &target, "--batch-rows", "100"];
+    // Killed after its first committed batch...
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ortelius"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(migrate)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("rows copied") {
+        line.clear();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        line.contains("rows copied"),
+        "the migration never copied: {line}"
+    );
+    // ... it refuses a different timestamp, and finishes when run again, copying less.
+    fails(
+        &env.run(&[&migrate[..], &["--at", "3"]].concat()),
+        "interrupted migration",
+    );
+    let report = json(&ok(&env.run(&[&["--json"], &migrate[..]].concat())));
+    assert_eq!(report["resumed"], true, "{report}");
+    let tables = report["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 2, "{report}");
+    let accounts = tables
+        .iter()
+        .find(|t| t["table"] == "bank.accounts")
+        .unwrap();
+    assert_eq!(accounts["rows"], 20_000, "{report}");
+    assert!(
+        accounts["rows_copied"].as_u64().unwrap() < 20_000,
+        "{report}"
+    );
+    let on_target = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ortelius"))
+            .args(["--config", &target])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let got = ok(&on_target(&[
+        "kvs",
+        "get",
+        "--table",
+        "bank.accounts",
+        "--row",
+        "r019999",
+        "--format",
+        "hex",
+    ]));
+    assert!(
+        got.starts_with("0x72303139393939\t0x62616c616e6365\t0x00004e1f"),
+        "{got}"
+    );
+    let listed = ok(&on_target(&["kvs", "tables"]));
+    assert!(
+        listed.contains("bank.audit\tconflicts: Serializable"),
+        "{listed}"
+    );
+    fails(
+        &env.run(&["migrate", "--to", env.config.to_str().unwrap()]),
+        "the configured store itself",
+    );
+    fails(
+        &env.run(&["migrate", "--to", &target, "--batch-rows", "0"]),
+        "--batch-rows must be in 1..=10000",
+    );
+}

@@ -54,6 +54,9 @@ pub enum KvsError {
     },
     #[error("the store at {} is already open in another process (or elsewhere in this one); stop that process or use its management API", dir.display())]
     StoreLocked { dir: PathBuf, detail: String },
+    /// No store is where the config points (a mistyped directory, schema, prefix or keyspace).
+    #[error("there is no store at {store}: it does not exist or holds no data; check the config's keyValueService")]
+    StoreMissing { store: String },
     /// The store holds a restore that began and did not finish.
     #[error(
         "a restore into {store} began but did not finish; run the restore again (it starts over)"

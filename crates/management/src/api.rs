@@ -1,7 +1,7 @@
 //! The wire contract of the management API, shared by server and client: paths, request
-//! bodies and answers (JSON). Answers of the lock, sweep and snapshot calls are the backup
-//! layer's own types (`BackupLockHolder`, `BackupLockStatus`, `SweepSummary`,
-//! `SnapshotTaken`).
+//! bodies and answers (JSON). Answers of the lock, sweep, snapshot and console calls are the
+//! backup layer's own types (`BackupLockHolder`, `BackupLockStatus`, `SweepSummary`,
+//! `SnapshotTaken`, `ScanRequest`/`ScanAnswer`).
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,10 @@ pub const LOCK_RELEASE: &str = "/v1/backup-lock/release";
 pub const LOCK_STATUS: &str = "/v1/backup-lock/status";
 pub const SNAPSHOT: &str = "/v1/snapshot";
 pub const SWEEP: &str = "/v1/sweep";
+pub const TABLES: &str = "/v1/tables";
+pub const SCAN: &str = "/v1/scan";
+/// Prometheus text format (not JSON); needs the token like every other call.
+pub const METRICS: &str = "/metrics";
 
 /// `GET /v1/health`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +25,9 @@ pub struct Health {
     pub status: String,
     /// Who owns the store (e.g. "the RocksDB store at /var/lib/app").
     pub owner: String,
+    /// The serving process's id (absent in answers of older servers).
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// The answer of the timestamp calls.

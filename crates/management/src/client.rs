@@ -6,7 +6,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-use ortelius_backup::{OwnerError, SnapshotTaken, StoreOwner, SweepSummary};
+use ortelius_backup::{
+    OwnerError, ScanAnswer, ScanRequest, SnapshotTaken, StoreOwner, SweepSummary, TableInfo,
+};
 use ortelius_kvs::Timestamp;
 use ortelius_txn::{BackupLockHolder, BackupLockStatus};
 use serde::de::DeserializeOwned;
@@ -101,6 +103,21 @@ impl ManagementClient {
         body: Option<&impl Serialize>,
         timeout: Duration,
     ) -> Result<T, ManagementError> {
+        let payload = self.call_raw(method, path, body, timeout)?;
+        serde_json::from_str(&payload).map_err(|e| ManagementError::Garbled {
+            address: self.address.clone(),
+            detail: format!("{e}: {payload}"),
+        })
+    }
+
+    /// Sends one request; returns the body of a 2xx response.
+    fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+        timeout: Duration,
+    ) -> Result<String, ManagementError> {
         let unreachable = |detail: String| ManagementError::Unreachable {
             address: self.address.clone(),
             detail,
@@ -140,7 +157,7 @@ impl ManagementClient {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| garbled("no status".to_owned()))?;
         if (200..300).contains(&status) {
-            serde_json::from_str(payload).map_err(|e| garbled(format!("{e}: {payload}")))
+            Ok(payload.to_owned())
         } else {
             let answer: ErrorAnswer = serde_json::from_str(payload).unwrap_or(ErrorAnswer {
                 error: format!("HTTP {status}: {payload}"),
@@ -238,5 +255,17 @@ impl StoreOwner for ManagementClient {
             dry_run,
         };
         self.post(api::SWEEP, Some(&request))
+    }
+
+    fn tables(&self) -> Result<Vec<TableInfo>, OwnerError> {
+        self.get(api::TABLES)
+    }
+
+    fn scan(&self, request: &ScanRequest) -> Result<ScanAnswer, OwnerError> {
+        self.post(api::SCAN, Some(request))
+    }
+
+    fn metrics(&self) -> Result<String, OwnerError> {
+        Ok(self.call_raw("GET", api::METRICS, None::<&()>, CALL_TIMEOUT)?)
     }
 }

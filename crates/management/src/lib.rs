@@ -24,4 +24,4 @@ mod client;
 mod server;
 
 pub use client::{ManagementClient, ManagementError};
-pub use server::{ManagementServer, RunningServer};
+pub use server::{Access, ManagementServer, RunningServer};

@@ -49,8 +49,15 @@ fn serve(token: Option<&str>) -> (RunningServer, ManagementClient, Arc<SlowSnaps
         taking: AtomicBool::new(false),
     });
     let owner = DirectOwner::new(manager, snapshots.clone(), "a test store").unwrap();
-    let server =
-        ManagementServer::start("127.0.0.1:0", token.map(str::to_owned), Arc::new(owner)).unwrap();
+    let server = ManagementServer::start(
+        "127.0.0.1:0",
+        ortelius_management::Access {
+            token: token.map(str::to_owned),
+            backup_roots: Vec::new(),
+        },
+        Arc::new(owner),
+    )
+    .unwrap();
     let client = ManagementClient::new(&server.address.to_string(), token.map(str::to_owned));
     (server, client, snapshots)
 }
