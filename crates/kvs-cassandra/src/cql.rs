@@ -7,12 +7,32 @@
 //! timestamps sort the newest version of a cell first, so "the newest version below T" is the
 //! first row of the slice `column2 > !T`.
 
-use ortelius_kvs::{KvsError, Timestamp};
+use ortelius_kvs::{KvsError, Timestamp, ATOMIC_TS};
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 
 /// The clustering value of a timestamp: newest first.
 pub(crate) fn inv(ts: Timestamp) -> i64 {
     !ts
+}
+
+/// The versions `min..=max` of a cell split by who stamps their mutations: the clustering
+/// ranges (inclusive, ascending) of every version but the atomic one, which plain deletes with
+/// client timestamps may cover, and whether the atomic version is in the range, which only
+/// lightweight transactions may mutate (their cells carry the server's Paxos ballot time, which
+/// a client clock can neither precede nor follow reliably).
+pub(crate) fn split_at_atomic(min: Timestamp, max: Timestamp) -> (Vec<(i64, i64)>, bool) {
+    let mut ranges = Vec::new();
+    // Versions above the atomic one: clustering values below inv(ATOMIC_TS) = -1.
+    let above = min.max(ATOMIC_TS.saturating_add(1));
+    if above <= max {
+        ranges.push((inv(max), inv(above)));
+    }
+    // Versions below it (the sweep sentinel): clustering values from 0 up.
+    let below = max.min(ATOMIC_TS.saturating_sub(1));
+    if min <= below {
+        ranges.push((inv(below), inv(min)));
+    }
+    (ranges, min <= ATOMIC_TS && ATOMIC_TS <= max)
 }
 
 /// The catalogue: internal name → qualified name and metadata.
@@ -93,6 +113,27 @@ pub(crate) fn update_if(q: &str) -> String {
     format!("UPDATE {q} SET value = ? WHERE key = ? AND column1 = ? AND column2 = -1 IF value = ?")
 }
 
+/// Whether a cell has its atomic version (a cheap read before a lightweight delete).
+pub(crate) fn atomic_version(q: &str) -> String {
+    format!("SELECT column2 FROM {q} WHERE key = ? AND column1 = ? AND column2 = -1")
+}
+
+/// The columns and versions of one row, without values.
+pub(crate) fn row_versions(q: &str) -> String {
+    format!("SELECT column1, column2 FROM {q} WHERE key = ?")
+}
+
+/// Deletes an atomic version through Paxos, so the tombstone is ordered with the
+/// lightweight transactions that write that version (see `CassandraKvs::delete_atomic`).
+pub(crate) fn delete_atomic_if_exists(q: &str) -> String {
+    format!("DELETE FROM {q} WHERE key = ? AND column1 = ? AND column2 = -1 IF EXISTS")
+}
+
+/// Deletes an atomic version through Paxos if it still holds the given value.
+pub(crate) fn delete_atomic_if_value(q: &str) -> String {
+    format!("DELETE FROM {q} WHERE key = ? AND column1 = ? AND column2 = -1 IF value = ?")
+}
+
 pub(crate) fn delete_version(q: &str) -> String {
     format!("DELETE FROM {q} USING TIMESTAMP ? WHERE key = ? AND column1 = ? AND column2 = ?")
 }
@@ -101,10 +142,6 @@ pub(crate) fn delete_versions_between(q: &str) -> String {
     format!(
         "DELETE FROM {q} USING TIMESTAMP ? WHERE key = ? AND column1 = ? AND column2 >= ? AND column2 <= ?"
     )
-}
-
-pub(crate) fn delete_row(q: &str) -> String {
-    format!("DELETE FROM {q} USING TIMESTAMP ? WHERE key = ?")
 }
 
 /// Whether an error says the CQL table does not exist (dropped elsewhere).
@@ -156,5 +193,40 @@ pub(crate) fn classify(
             _ => maybe(detail),
         },
         _ => maybe(detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ortelius_kvs::SWEEP_SENTINEL_TS;
+
+    #[test]
+    fn split_at_atomic_never_covers_the_atomic_version_with_a_range() {
+        let atomic = inv(ATOMIC_TS);
+        for (min, max) in [
+            (SWEEP_SENTINEL_TS, 7),
+            (ATOMIC_TS, 7),
+            (SWEEP_SENTINEL_TS, ATOMIC_TS),
+            (ATOMIC_TS, ATOMIC_TS),
+            (SWEEP_SENTINEL_TS, SWEEP_SENTINEL_TS),
+            (1, 7),
+            (i64::MIN, i64::MAX),
+        ] {
+            let (ranges, covers_atomic) = split_at_atomic(min, max);
+            assert_eq!(covers_atomic, (min..=max).contains(&ATOMIC_TS));
+            for ts in [i64::MIN, SWEEP_SENTINEL_TS, ATOMIC_TS, 1, 6, 7, 8, i64::MAX] {
+                let in_ranges = ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&inv(ts)));
+                let expected = ts != ATOMIC_TS && (min..=max).contains(&ts);
+                assert_eq!(in_ranges, expected, "{min}..={max} at {ts}");
+            }
+            assert!(ranges
+                .iter()
+                .all(|(lo, hi)| lo <= hi && !(*lo..=*hi).contains(&atomic)));
+        }
+        assert_eq!(
+            split_at_atomic(ATOMIC_TS, SWEEP_SENTINEL_TS),
+            (Vec::new(), false)
+        );
     }
 }

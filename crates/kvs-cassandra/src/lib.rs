@@ -7,6 +7,15 @@
 //!   at ALL, as AtlasDB does, so no replica keeps a value a quorum forgot.
 //! - Plain writes and deletes carry client timestamps from a per-process monotonic clock, so a
 //!   rewrite after a delete is never shadowed by the tombstone.
+//! - The atomic version of a cell (`ATOMIC_TS`) is only ever mutated through Paxos: besides
+//!   put-unless-exists and check-and-set, plain puts at `ATOMIC_TS` are inserts-if-absent and
+//!   its deletes (including the undo of put-unless-exists, the atomic part of a timestamp-range
+//!   delete and of a row-range delete) are lightweight deletes, as AtlasDB deletes atomic-table
+//!   cells. Lightweight transactions cannot carry a client timestamp: their cells get the
+//!   server's ballot time (milliseconds), which a client clock may be ahead of or behind, so a
+//!   client-stamped tombstone could hide a later put-unless-exists or fail to hide an earlier
+//!   one. No client-stamped tombstone covers an atomic version (a row-range delete deletes
+//!   each column's other versions by range instead of the whole partition).
 //! - Row-range scans need row order: the cluster must use `ByteOrderedPartitioner`, where a
 //!   row's token is its bytes. (Cost: no hashing, so data is spread by key ranges and the
 //!   driver's token-aware routing is off.) A reverse range is read forward and returned in
@@ -25,7 +34,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use futures::future::try_join_all;
+use futures::future::{try_join, try_join_all, Either};
 use ortelius_kvs::{
     validate_read_ts, validate_version_ts, CandidateCellsRequest, CandidatePage, Cell, CellIter,
     CellWrites, CheckAndSetRequest, ColumnRange, ColumnSelection, KeyValueService, KvsError,
@@ -58,6 +67,8 @@ enum Kind {
     Write,
     Delete,
     Lwt,
+    /// A lightweight delete, committed at ALL like the other deletes.
+    LwtDelete,
 }
 
 /// The Cassandra [`KeyValueService`].
@@ -70,6 +81,9 @@ pub struct CassandraKvs {
     tables: RwLock<BTreeSet<TableRef>>,
     /// The last client write timestamp (microseconds), kept strictly increasing.
     clock: AtomicI64,
+    /// Added to the wall clock for client write timestamps: zero except in tests that play a
+    /// client whose clock disagrees with the servers'.
+    clock_skew: AtomicI64,
 }
 
 fn poisoned() -> KvsError {
@@ -198,6 +212,7 @@ impl CassandraKvs {
             statements: Mutex::new(std::collections::HashMap::new()),
             tables: RwLock::new(BTreeSet::new()),
             clock: AtomicI64::new(0),
+            clock_skew: AtomicI64::new(0),
         };
         kvs.ensure_keyspace()?;
         kvs.reload_catalog()?;
@@ -231,11 +246,20 @@ impl CassandraKvs {
         self.runtime.block_on(f)
     }
 
+    /// Shifts this client's write clock by `micros` from the wall clock (tests: a client on a
+    /// host whose clock is ahead of or behind the servers'). Client timestamps stay strictly
+    /// increasing: a clock moved back holds until the wall clock catches up.
+    #[doc(hidden)]
+    pub fn skew_write_clock(&self, micros: i64) {
+        self.clock_skew.store(micros, Ordering::SeqCst);
+    }
+
     /// A strictly increasing client write timestamp (microseconds since the epoch).
     fn write_timestamp(&self) -> i64 {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .saturating_add(self.clock_skew.load(Ordering::SeqCst));
         let mut last = self.clock.load(Ordering::SeqCst);
         loop {
             let next = now.max(last.saturating_add(1));
@@ -264,6 +288,10 @@ impl CassandraKvs {
             Kind::Read | Kind::Write => {}
             Kind::Delete => prepared.set_consistency(Consistency::All),
             Kind::Lwt => prepared.set_serial_consistency(Some(SerialConsistency::Serial)),
+            Kind::LwtDelete => {
+                prepared.set_consistency(Consistency::All);
+                prepared.set_serial_consistency(Some(SerialConsistency::Serial));
+            }
         }
         self.statements
             .lock()
@@ -409,22 +437,34 @@ impl CassandraKvs {
         R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
         V: scylla::serialize::row::SerializeRow + Clone,
     {
-        self.block_on(async {
-            let mut out = Vec::new();
-            let mut paging = scylla::response::PagingState::start();
-            loop {
-                let (result, next) = self
-                    .session
-                    .execute_single_page(stmt, values.clone(), paging)
-                    .await
-                    .map_err(|e| self.fail(table, "read", false, &e))?;
-                out.extend(rows::<R>(result)?);
-                match next.into_paging_control_flow() {
-                    std::ops::ControlFlow::Break(()) => return Ok(out),
-                    std::ops::ControlFlow::Continue(p) => paging = p,
-                }
+        self.block_on(self.fetch_all(table, stmt, values))
+    }
+
+    /// Every page of a prepared query, as typed rows, to await alongside other requests.
+    async fn fetch_all<R, V>(
+        &self,
+        table: &TableRef,
+        stmt: &PreparedStatement,
+        values: V,
+    ) -> KvsResult<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+        V: scylla::serialize::row::SerializeRow + Clone,
+    {
+        let mut out = Vec::new();
+        let mut paging = scylla::response::PagingState::start();
+        loop {
+            let (result, next) = self
+                .session
+                .execute_single_page(stmt, values.clone(), paging)
+                .await
+                .map_err(|e| self.fail(table, "read", false, &e))?;
+            out.extend(rows::<R>(result)?);
+            match next.into_paging_control_flow() {
+                std::ops::ControlFlow::Break(()) => return Ok(out),
+                std::ops::ControlFlow::Continue(p) => paging = p,
             }
-        })
+        }
     }
 
     /// Refuses a put that would change the value of an existing (cell, ts).
@@ -461,6 +501,20 @@ impl CassandraKvs {
         table: &TableRef,
         versions: &[(&Cell, Timestamp, &[u8])],
     ) -> KvsResult<()> {
+        let (atomic, versions): (Vec<_>, Vec<_>) =
+            versions.iter().partition(|(_, ts, _)| *ts == ATOMIC_TS);
+        // The atomic version is only written through Paxos (see the crate docs): as an insert
+        // if absent, where an equal value already there is the same write done before.
+        for (cell, _, value) in atomic {
+            let (applied, actual) = self.insert_if_absent(table, cell, value)?;
+            if !applied && actual.as_deref().unwrap_or_default() != value {
+                return Err(KvsError::ValueAlreadyWritten {
+                    table: table.clone(),
+                    cell: cell.clone(),
+                    timestamp: ATOMIC_TS,
+                });
+            }
+        }
         let stmt = self.prepare(&cql::insert(&self.table(table)?), Kind::Write)?;
         for chunk in versions.chunks(CONCURRENCY) {
             self.block_on(try_join_all(chunk.iter().map(|(cell, ts, value)| {
@@ -519,6 +573,11 @@ impl CassandraKvs {
     }
 
     fn delete_cells(&self, table: &TableRef, versions: &[(&Cell, Timestamp)]) -> KvsResult<()> {
+        let (atomic, versions): (Vec<_>, Vec<_>) =
+            versions.iter().partition(|(_, ts)| *ts == ATOMIC_TS);
+        let atomic: Vec<(&Cell, Option<&[u8]>)> =
+            atomic.into_iter().map(|&(c, _)| (c, None)).collect();
+        self.delete_atomic(table, "delete", &atomic)?;
         let stmt = self.prepare(&cql::delete_version(&self.table(table)?), Kind::Delete)?;
         for chunk in versions.chunks(CONCURRENCY) {
             self.block_on(try_join_all(chunk.iter().map(|(cell, ts)| {
@@ -528,6 +587,66 @@ impl CassandraKvs {
                 )
             })))
             .map_err(|e| self.fail(table, "delete", true, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes atomic versions through Paxos, each if it exists or, with a value, only if it
+    /// still holds that value (the undo of a put-unless-exists leaves a value someone else has
+    /// set since). Paxos rounds on one partition contend, so a wave takes one cell per row.
+    fn delete_atomic(
+        &self,
+        table: &TableRef,
+        operation: &'static str,
+        cells: &[(&Cell, Option<&[u8]>)],
+    ) -> KvsResult<()> {
+        if cells.is_empty() {
+            return Ok(());
+        }
+        let q = self.table(table)?;
+        let if_exists = self.prepare(&cql::delete_atomic_if_exists(&q), Kind::LwtDelete)?;
+        let if_value = self.prepare(&cql::delete_atomic_if_value(&q), Kind::LwtDelete)?;
+        let mut pending: Vec<(&Cell, Option<&[u8]>)> = cells.to_vec();
+        while !pending.is_empty() {
+            let mut rows = BTreeSet::new();
+            let (wave, rest): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|(cell, _)| rows.len() < CONCURRENCY && rows.insert(cell.row()));
+            pending = rest;
+            self.block_on(try_join_all(wave.iter().map(|(cell, expected)| {
+                match expected {
+                    None => Either::Left(
+                        self.session
+                            .execute_unpaged(&if_exists, (cell.row(), cell.column())),
+                    ),
+                    Some(value) => Either::Right(
+                        self.session
+                            .execute_unpaged(&if_value, (cell.row(), cell.column(), *value)),
+                    ),
+                }
+            })))
+            .map_err(|e| self.fail(table, operation, true, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Client-stamped range tombstones over versions of cells: (row, column, lowest and
+    /// highest clustering value, inclusive), none of them covering an atomic version. `stmt`
+    /// is `cql::delete_versions_between`, prepared beforehand (preparing blocks).
+    async fn delete_clustering_ranges(
+        &self,
+        table: &TableRef,
+        operation: &'static str,
+        stmt: &PreparedStatement,
+        ranges: &[(&[u8], &[u8], i64, i64)],
+    ) -> KvsResult<()> {
+        for chunk in ranges.chunks(CONCURRENCY) {
+            try_join_all(chunk.iter().map(|(row, column, lo, hi)| {
+                self.session
+                    .execute_unpaged(stmt, (self.write_timestamp(), *row, *column, *lo, *hi))
+            }))
+            .await
+            .map_err(|e| self.fail(table, operation, true, &e))?;
         }
         Ok(())
     }
@@ -882,12 +1001,12 @@ impl KeyValueService for CassandraKvs {
 
     fn put_unless_exists(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)]) -> KvsResult<()> {
         self.table(table)?;
-        let mut written: Vec<&Cell> = Vec::new();
+        let mut written: Vec<(&Cell, Option<&[u8]>)> = Vec::new();
         let mut existing = Vec::new();
         for (cell, value) in writes {
             let (applied, _) = self.insert_if_absent(table, cell, value)?;
             if applied {
-                written.push(cell);
+                written.push((cell, Some(value.as_slice())));
             } else {
                 existing.push(cell.clone());
             }
@@ -895,9 +1014,8 @@ impl KeyValueService for CassandraKvs {
         if existing.is_empty() {
             return Ok(());
         }
-        // All or nothing: undo the cells this call wrote.
-        let undo: Vec<(&Cell, Timestamp)> = written.into_iter().map(|c| (c, ATOMIC_TS)).collect();
-        self.delete_cells(table, &undo)?;
+        // All or nothing: undo the cells this call wrote (through Paxos, like the writes).
+        self.delete_atomic(table, "put_unless_exists", &written)?;
         Err(KvsError::KeyAlreadyExists {
             table: table.clone(),
             cells: existing,
@@ -946,13 +1064,43 @@ impl KeyValueService for CassandraKvs {
             return Ok(());
         }
         let keys = scan::keys_in_range(self, table, &q, rows)?;
-        let stmt = self.prepare(&cql::delete_row(&q), Kind::Delete)?;
+        let read = self.prepare(&cql::row_versions(&q), Kind::Read)?;
+        let ranges = self.prepare(&cql::delete_versions_between(&q), Kind::Delete)?;
+        // Not a partition tombstone: a client-stamped one would cover atomic versions (see the
+        // crate docs). Each column's other versions go by range, its atomic one through Paxos.
+        let (others, _) = cql::split_at_atomic(Timestamp::MIN, Timestamp::MAX);
         for chunk in keys.chunks(CONCURRENCY) {
-            self.block_on(try_join_all(chunk.iter().map(|key| {
-                self.session
-                    .execute_unpaged(&stmt, (self.write_timestamp(), key.as_slice()))
-            })))
-            .map_err(|e| self.fail(table, "delete_range", true, &e))?;
+            let versions: Vec<Vec<(Vec<u8>, i64)>> = self.block_on(try_join_all(
+                chunk
+                    .iter()
+                    .map(|key| self.fetch_all(table, &read, (key.as_slice(),))),
+            ))?;
+            let mut columns: BTreeMap<(&[u8], &[u8]), bool> = BTreeMap::new();
+            for (key, versions) in chunk.iter().zip(&versions) {
+                for (column, c2) in versions {
+                    let has_atomic = columns
+                        .entry((key.as_slice(), column.as_slice()))
+                        .or_default();
+                    *has_atomic |= inv(*c2) == ATOMIC_TS;
+                }
+            }
+            let tombstones: Vec<(&[u8], &[u8], i64, i64)> = columns
+                .keys()
+                .flat_map(|(row, column)| others.iter().map(|(lo, hi)| (*row, *column, *lo, *hi)))
+                .collect();
+            self.block_on(self.delete_clustering_ranges(
+                table,
+                "delete_range",
+                &ranges,
+                &tombstones,
+            ))?;
+            let cells = columns
+                .iter()
+                .filter(|(_, has_atomic)| **has_atomic)
+                .map(|((row, column), _)| Cell::new(*row, *column))
+                .collect::<KvsResult<Vec<Cell>>>()?;
+            let cells: Vec<(&Cell, Option<&[u8]>)> = cells.iter().map(|c| (c, None)).collect();
+            self.delete_atomic(table, "delete_range", &cells)?;
         }
         Ok(())
     }
@@ -962,26 +1110,45 @@ impl KeyValueService for CassandraKvs {
         table: &TableRef,
         deletes: &[(Cell, TimestampRangeDelete)],
     ) -> KvsResult<()> {
-        let stmt = self.prepare(
-            &cql::delete_versions_between(&self.table(table)?),
-            Kind::Delete,
-        )?;
+        let q = self.table(table)?;
+        let ranges = self.prepare(&cql::delete_versions_between(&q), Kind::Delete)?;
+        let probe = self.prepare(&cql::atomic_version(&q), Kind::Read)?;
         for chunk in deletes.chunks(CONCURRENCY) {
-            self.block_on(try_join_all(chunk.iter().map(|(cell, range)| {
+            let mut tombstones: Vec<(&[u8], &[u8], i64, i64)> = Vec::new();
+            let mut covers_atomic: Vec<&Cell> = Vec::new();
+            for (cell, range) in chunk {
                 let (min, max) = range.bounds();
-                // Inverted: the newest (max) has the smallest clustering value.
-                self.session.execute_unpaged(
-                    &stmt,
-                    (
-                        self.write_timestamp(),
-                        cell.row(),
-                        cell.column(),
-                        inv(max),
-                        inv(min),
-                    ),
-                )
-            })))
-            .map_err(|e| self.fail(table, "delete_all_timestamps", true, &e))?;
+                let (others, atomic) = cql::split_at_atomic(min, max);
+                tombstones.extend(
+                    others
+                        .into_iter()
+                        .map(|(lo, hi)| (cell.row(), cell.column(), lo, hi)),
+                );
+                if atomic {
+                    covers_atomic.push(cell);
+                }
+            }
+            // The atomic version goes through Paxos, only where there is one: a read, sent
+            // with the range tombstones, spares sweep a Paxos round per cell.
+            let found = async {
+                try_join_all(covers_atomic.iter().map(|cell| {
+                    self.session
+                        .execute_unpaged(&probe, (cell.row(), cell.column()))
+                }))
+                .await
+                .map_err(|e| self.fail(table, "delete_all_timestamps", true, &e))
+            };
+            let (_, found) = self.block_on(try_join(
+                self.delete_clustering_ranges(table, "delete_all_timestamps", &ranges, &tombstones),
+                found,
+            ))?;
+            let mut present: Vec<(&Cell, Option<&[u8]>)> = Vec::new();
+            for (cell, result) in covers_atomic.into_iter().zip(found) {
+                if !rows::<(i64,)>(result)?.is_empty() {
+                    present.push((cell, None));
+                }
+            }
+            self.delete_atomic(table, "delete_all_timestamps", &present)?;
         }
         Ok(())
     }

@@ -1,6 +1,10 @@
 //! The conformance suite against Cassandra (one node, RF 1), each test in a fresh keyspace of a
-//! real node this test binary starts.
+//! real node this test binary starts; and (`atomic_slot`) the ordering of mutations of a cell's
+//! atomic version under client clock skew, on the same node.
 
+#![allow(clippy::unwrap_used)]
+
+mod atomic_slot;
 mod common;
 
 /// The store and the guard that drops its keyspace after the test.
