@@ -5,7 +5,7 @@
 //! Ends by comparing both sides row by row.
 
 use anyhow::{bail, Context, Result};
-use ortelius_backup::{ScanRequest, StoreOwner};
+use ortelius_backup::{ScanAnswer, ScanRequest, StoreOwner};
 use ortelius_kvs::{Cell, RangeRequest, RowRange, TableRef, Timestamp};
 use ortelius_txn::{TableMetadata, TransactionManager, TxnResult};
 use serde::Serialize;
@@ -134,6 +134,18 @@ fn after(row: &[u8]) -> Vec<u8> {
     next
 }
 
+/// The source's rows of table `name` from `start` on, at most one batch, as of `at`.
+fn page(job: &Migration<'_>, name: &str, start: &[u8], at: Timestamp) -> Result<ScanAnswer> {
+    Ok(job.source.scan(&ScanRequest {
+        table: name.to_owned(),
+        start: start.to_vec(),
+        end: Vec::new(),
+        reverse: false,
+        limit: job.batch_rows,
+        at: Some(at),
+    })?)
+}
+
 /// Copies `table` from where the progress says, one batch per transaction.
 fn copy_table(job: &Migration<'_>, table: &TableRef, at: Timestamp) -> Result<u64> {
     let (m, progress, name) = (job.target, progress_table()?, table.to_string());
@@ -149,14 +161,7 @@ fn copy_table(job: &Migration<'_>, table: &TableRef, at: Timestamp) -> Result<u6
     let mut start = next.unwrap_or_default();
     let mut copied: u64 = 0;
     loop {
-        let page = job.source.scan(&ScanRequest {
-            table: name.clone(),
-            start: start.clone(),
-            end: Vec::new(),
-            reverse: false,
-            limit: job.batch_rows,
-            at: Some(at),
-        })?;
+        let page = page(job, &name, &start, at)?;
         let next = page.rows.last().map(|(row, _)| after(row));
         m.run(|txn| {
             for (row, columns) in &page.rows {
@@ -193,14 +198,7 @@ fn compare_table(job: &Migration<'_>, table: &TableRef, at: Timestamp) -> Result
     let mut start = Vec::new();
     let mut rows: u64 = 0;
     loop {
-        let page = job.source.scan(&ScanRequest {
-            table: name.clone(),
-            start: start.clone(),
-            end: Vec::new(),
-            reverse: false,
-            limit: job.batch_rows,
-            at: Some(at),
-        })?;
+        let page = page(job, &name, &start, at)?;
         for (row, columns) in &page.rows {
             let theirs = target.next().transpose()?;
             let same = theirs.as_ref().is_some_and(|t| {

@@ -526,59 +526,41 @@ pub fn backup(
 
 /// `backup verify --dir D [--deep]`.
 pub fn verify_backup(dir: &Path, deep: bool, out: Output) -> Result<()> {
-    if deep {
+    let (m, deep) = if deep {
         let r = ortelius_backup::verify_deep(dir)?;
-        let m = &r.manifest;
-        out.emit(
-            &json!({
-                "dir": dir,
-                "intact": true,
-                "files": m.files.len(),
-                "backup_ts": m.backup_ts,
-                "fast_forward_ts": m.fast_forward_ts,
-                "entries": r.entries,
-                "transactions": r.transactions,
-            }),
-            || {
-                let transactions = match r.transactions {
-                    Some(n) => format!(
-                        "{n} transactions well-formed and before F = {}",
-                        m.fast_forward_ts
-                    ),
-                    None => format!(
-                        "the transactions table is not readable without a {} server (checked on restore)",
-                        m.store_kind
-                    ),
-                };
-                format!(
-                    "backup {} is intact: {} files match their checksums; {} entries read back, {transactions}",
-                    dir.display(),
-                    m.files.len(),
-                    r.entries
-                )
-            },
-        )
+        (r.manifest, Some((r.entries, r.transactions)))
     } else {
-        let m = ortelius_backup::verify(dir)?;
-        out.emit(
-            &json!({
-                "dir": dir,
-                "intact": true,
-                "files": m.files.len(),
-                "backup_ts": m.backup_ts,
-                "fast_forward_ts": m.fast_forward_ts,
-            }),
-            || {
-                format!(
-                    "backup {} is intact: {} files match their checksums; B = {}, F = {}",
-                    dir.display(),
-                    m.files.len(),
-                    m.backup_ts,
-                    m.fast_forward_ts
-                )
-            },
-        )
+        (ortelius_backup::verify(dir)?, None)
+    };
+    let mut report = json!({
+        "dir": dir,
+        "intact": true,
+        "files": m.files.len(),
+        "backup_ts": m.backup_ts,
+        "fast_forward_ts": m.fast_forward_ts,
+    });
+    if let Some((entries, transactions)) = deep {
+        report["entries"] = json!(entries);
+        report["transactions"] = json!(transactions);
     }
+    out.emit(&report, || {
+        let checked = format!(
+            "backup {} is intact: {} files match their checksums",
+            dir.display(),
+            m.files.len()
+        );
+        match deep {
+            None => format!("{checked}; B = {}, F = {}", m.backup_ts, m.fast_forward_ts),
+            Some((entries, Some(n))) => format!(
+                "{checked}; {entries} entries read back, {n} transactions well-formed and before F = {}",
+                m.fast_forward_ts
+            ),
+            Some((entries, None)) => format!(
+                "{checked}; {entries} entries read back, the transactions table is not readable without a {} server (checked on restore)",
+                m.store_kind
+            ),
+        }
+    })
 }
 
 /// `restore --dir D`: into the configured store, offline.

@@ -404,6 +404,43 @@ fn results_print_as_json_and_the_lock_status_reads_as_dates() {
         "5",
     ])));
     assert_eq!(ff["advanced"], false, "{ff}");
+    // Backup, verify and restore report as JSON too.
+    let backup = env.dir.path().join("backup");
+    let backup_arg = backup.to_str().unwrap();
+    let taken = json(&ok(&env.run(&["--json", "backup", "--dir", backup_arg])));
+    assert_eq!(taken["store_kind"], "rocksdb", "{taken}");
+    assert!(taken["files"].as_u64().unwrap() > 0 && taken["bytes"].as_u64().unwrap() > 0);
+    assert!(taken["backup_ts"].as_i64().unwrap() < taken["fast_forward_ts"].as_i64().unwrap());
+    let verified =
+        json(&ok(&env.run(&[
+            "--json", "backup", "verify", "--deep", "--dir", backup_arg,
+        ])));
+    assert_eq!(verified["intact"], true, "{verified}");
+    assert!(verified["entries"].as_u64().unwrap() > 0, "{verified}");
+    assert!(verified["transactions"].is_u64(), "{verified}");
+    let restored = write(
+        env.dir.path(),
+        "restored.yml",
+        &format!(
+            "atlasdb:\n  keyValueService: {{type: rocksdb, dataDir: {}}}\n",
+            env.dir.path().join("restored").display()
+        ),
+    );
+    let report = json(&ok(&Command::new(env!("CARGO_BIN_EXE_ortelius"))
+        .args([
+            "--config", &restored, "--json", "restore", "--dir", backup_arg,
+        ])
+        .output()
+        .unwrap()));
+    assert_eq!(report["as_of"], taken["backup_ts"], "{report}");
+    assert_eq!(
+        report["fast_forward_ts"], taken["fast_forward_ts"],
+        "{report}"
+    );
+    assert!(
+        report["into"].as_str().unwrap().contains("restored"),
+        "{report}"
+    );
 }
 
 #[test]

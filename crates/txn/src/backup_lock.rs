@@ -402,4 +402,18 @@ mod tests {
         );
         assert!(State::decode(b"garbage").is_err());
     }
+
+    #[test]
+    fn a_lease_of_centuries_means_never_rather_than_an_overflow() {
+        let kvs = Arc::new(ortelius_kvs::memory::MemoryKvs::new());
+        let lock = BackupLock::new(kvs, Arc::new(SystemWallClock)).unwrap();
+        let held = lock
+            .acquire("ops", "test", Some(Duration::MAX), Duration::ZERO)
+            .unwrap();
+        assert_eq!(held.lease_expires_ms, Some(u64::MAX));
+        lock.release().unwrap();
+        let permit = lock.begin_deletion(Duration::MAX).unwrap();
+        assert_eq!(lock.status().unwrap().deletions_in_flight, 1);
+        permit.finish().unwrap();
+    }
 }
