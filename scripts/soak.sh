@@ -4,7 +4,7 @@
 #                                 every acknowledged transfer is present and money is conserved
 #   scripts/soak.sh --cycles N    N live one-shot backups during the bank workload, each
 #                                 restored after total loss and checked
-# Both by default: --crashes 1000 --cycles 100. CI runs the same tests short (50 kills, 2 cycles).
+# Both by default: --crashes 1000 --cycles 100. CI runs the same tests short (50 kills, 3 cycles).
 # --backend rocksdb|postgres|etcd picks the store of the backup cycles (default rocksdb).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 //! Taking a backup: the live runbook in one step.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -9,7 +9,8 @@ use crate::files::{
     compress_in_place, is_empty_dir, list_files, sha256_file, total_size, write_synced,
 };
 use crate::manifest::{
-    Compression, FileEntry, Manifest, FORMAT_VERSION, MANIFEST, STARTED_MARKER, STORE_DIR,
+    Chain, Compression, FileEntry, Manifest, Parent, FORMAT_VERSION, MANIFEST, STARTED_MARKER,
+    STORE_DIR,
 };
 use crate::owner::StoreOwner;
 use crate::progress::{no_progress, Progress};
@@ -18,10 +19,58 @@ use crate::progress::{no_progress, Progress};
 pub const BACKUP_LOCK_LEASE: Duration = Duration::from_secs(3600);
 
 /// Choices for a backup.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackupOptions {
     /// Store every file zstd-compressed.
     pub compress: bool,
+    /// Incremental on this earlier backup: files identical to one of its files (path, size,
+    /// checksum) are not stored again. It must hold the same store kind and compression.
+    pub incremental_from: Option<PathBuf>,
+}
+
+/// The earlier backup an incremental one builds on, checked before anything is taken.
+fn parent_of(dir: &Path, options: &BackupOptions) -> Result<Option<(Parent, Manifest)>> {
+    let Some(from) = &options.incremental_from else {
+        return Ok(None);
+    };
+    let manifest = Chain::load(from)?.manifest().clone();
+    let wanted = if options.compress {
+        Compression::Zstd
+    } else {
+        Compression::None
+    };
+    if manifest.compression != wanted {
+        return Err(BackupError::Store(format!(
+            "{} is stored with compression {:?}; an incremental backup on it must use the same (--compress {})",
+            from.display(),
+            manifest.compression,
+            if manifest.compression == Compression::Zstd { "on" } else { "off" }
+        )));
+    }
+    Ok(Some((
+        Parent {
+            dir: relative_to(dir, from)?,
+            backup_ts: manifest.backup_ts,
+        },
+        manifest,
+    )))
+}
+
+/// `target` as seen from `dir`: `../name` when both are in the same directory (so a set of
+/// backups can be moved together), else absolute.
+fn relative_to(dir: &Path, target: &Path) -> Result<String> {
+    let absolute = |p: &Path| std::path::absolute(p).map_err(io("cannot resolve", p));
+    let (dir, target) = (absolute(dir)?, absolute(target)?);
+    let normal = |p: &Path| {
+        p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::RootDir))
+    };
+    match (dir.parent(), target.parent(), target.file_name()) {
+        (Some(a), Some(b), Some(name)) if a == b && normal(&dir) && normal(&target) => {
+            Ok(Path::new("..").join(name).to_string_lossy().into_owned())
+        }
+        _ => Ok(target.to_string_lossy().into_owned()),
+    }
 }
 
 /// Takes a live, consistent backup into `dir` (new, empty, or holding an incomplete backup,
@@ -69,6 +118,7 @@ pub fn backup_cancellable(
         // A backup that crashed midway: start it over.
         std::fs::remove_dir_all(dir).map_err(io("cannot clear the incomplete backup", dir))?;
     }
+    let parent = parent_of(dir, &options)?;
     std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
     write_synced(
         &dir.join(STARTED_MARKER),
@@ -123,6 +173,15 @@ pub fn backup_cancellable(
             progress("checksumming", done, total);
         })?;
         let path = rel.to_string_lossy().into_owned();
+        let in_parent = parent.as_ref().is_some_and(|(_, p)| {
+            p.files
+                .iter()
+                .any(|f| f.path == path && f.size == size && f.sha256 == sha256)
+        });
+        if in_parent {
+            let stored = store.join(&rel);
+            std::fs::remove_file(&stored).map_err(io("cannot remove", &stored))?;
+        }
         let node = snapshot
             .origins
             .iter()
@@ -133,6 +192,7 @@ pub fn backup_cancellable(
             size,
             sha256,
             node,
+            in_parent,
         });
     }
     let manifest = Manifest {
@@ -144,6 +204,7 @@ pub fn backup_cancellable(
         oldest_complete_ts: oldest_complete_ts.min(backup_ts),
         compression,
         files,
+        parent: parent.map(|(p, _)| p),
     };
     manifest.write(dir)?;
     tracing::info!(dir = %dir.display(), files = manifest.files.len(), bytes = manifest.total_size(), "backup complete");

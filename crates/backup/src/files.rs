@@ -107,3 +107,15 @@ pub(crate) fn decompress(from: &Path, to: &Path) -> std::io::Result<u64> {
     zstd::stream::copy_decode(reader, &mut writer)?;
     writer.metadata().map(|m| m.len())
 }
+
+/// Puts `from` at `to` (creating its directory): a hard link where the filesystem allows, else
+/// a copy. Backup files are never modified in place, so sharing them is safe.
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+    }
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).map_err(io("cannot copy", from))?;
+    }
+    Ok(())
+}

@@ -4,10 +4,15 @@
 //! {"format_version": 1, "store_kind": "rocksdb", "tool_version": "0.1.0",
 //!  "backup_ts": 2001, "fast_forward_ts": 2045, "oldest_complete_ts": 1500,
 //!  "compression": "none",
-//!  "files": [{"path": "000012.sst", "size": 1024, "sha256": "…", "node": "node1"?}]}
+//!  "files": [{"path": "000012.sst", "size": 1024, "sha256": "…", "node": "node1"?,
+//!             "in_parent": true?}],
+//!  "parent": {"dir": "../monday", "backup_ts": 1800}?}
 //! ```
+//!
+//! An incremental backup names its parent; its files marked `in_parent` are stored in the
+//! parent (or further up the chain), identical by path, size and checksum.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ortelius_kvs::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -41,6 +46,18 @@ pub struct FileEntry {
     /// The node the file came from, for stores of several nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Stored in the parent backup (or further up the chain), not in this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_parent: bool,
+}
+
+/// The backup an incremental backup builds on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    /// Its directory: relative to this backup's directory, or absolute.
+    pub dir: String,
+    /// Its B, to tell it from another backup put in its place.
+    pub backup_ts: Timestamp,
 }
 
 /// A backup's manifest.
@@ -59,12 +76,24 @@ pub struct Manifest {
     pub oldest_complete_ts: Timestamp,
     pub compression: Compression,
     pub files: Vec<FileEntry>,
+    /// Set on an incremental backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
 }
 
 impl Manifest {
-    /// Bytes of all stored files.
+    /// Bytes of all the snapshot's files (wherever in the chain they are stored).
     pub fn total_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Bytes of the files stored in this backup itself (less than the total when incremental).
+    pub fn stored_size(&self) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| !f.in_parent)
+            .map(|f| f.size)
+            .sum()
     }
 
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
@@ -109,5 +138,93 @@ impl Manifest {
             )));
         }
         Ok(manifest)
+    }
+}
+
+/// The longest chain of incremental backups followed (a guard against a cycle of parents).
+const MAX_CHAIN: usize = 1000;
+
+/// A backup and the ancestors its files are stored in, manifests loaded.
+pub struct Chain {
+    /// `(directory, manifest)`, the backup itself first.
+    levels: Vec<(PathBuf, Manifest)>,
+}
+
+impl Chain {
+    /// Loads `dir`'s manifest and those of its ancestors; a missing or replaced parent is an
+    /// error naming it.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let mut levels = vec![(dir.to_path_buf(), Manifest::read(dir)?)];
+        while let Some((child_dir, child)) = levels.last() {
+            let Some(parent) = &child.parent else {
+                break;
+            };
+            let corrupt = |detail: String| BackupError::Corrupt {
+                dir: dir.to_path_buf(),
+                detail,
+            };
+            if levels.len() >= MAX_CHAIN {
+                return Err(corrupt(format!(
+                    "its chain of parent backups is longer than {MAX_CHAIN} (a cycle?)"
+                )));
+            }
+            let parent_dir = child_dir.join(&parent.dir);
+            let manifest = Manifest::read(&parent_dir).map_err(|e| {
+                corrupt(format!(
+                    "it is incremental on {}, which it needs and which cannot be read: {e}",
+                    parent_dir.display()
+                ))
+            })?;
+            if manifest.backup_ts != parent.backup_ts {
+                return Err(corrupt(format!(
+                    "its parent {} is another backup (B = {}, expected {})",
+                    parent_dir.display(),
+                    manifest.backup_ts,
+                    parent.backup_ts
+                )));
+            }
+            levels.push((parent_dir, manifest));
+        }
+        Ok(Self { levels })
+    }
+
+    /// The backup's own manifest (the chain is never empty).
+    pub fn manifest(&self) -> &Manifest {
+        &self.levels[0].1
+    }
+
+    /// Where one of the backup's files is stored.
+    pub fn locate(&self, file: &FileEntry) -> Result<PathBuf> {
+        let mut entry = file;
+        for (i, (dir, _)) in self.levels.iter().enumerate() {
+            if !entry.in_parent {
+                return Ok(dir.join(STORE_DIR).join(&entry.path));
+            }
+            let Some((_, parent)) = self.levels.get(i + 1) else {
+                break;
+            };
+            entry = parent
+                .files
+                .iter()
+                .find(|p| p.path == entry.path && p.sha256 == entry.sha256 && p.size == entry.size)
+                .ok_or_else(|| BackupError::Corrupt {
+                    dir: dir.clone(),
+                    detail: format!(
+                        "{} is marked as stored in the parent backup, which does not hold it",
+                        entry.path
+                    ),
+                })?;
+        }
+        Err(BackupError::Corrupt {
+            dir: self
+                .levels
+                .first()
+                .map(|(d, _)| d.clone())
+                .unwrap_or_default(),
+            detail: format!(
+                "{} is marked as stored in a parent, but there is none",
+                file.path
+            ),
+        })
     }
 }

@@ -7,19 +7,21 @@ use ortelius_kvs::TableRef;
 use ortelius_txn::{TransactionsTable, TxnStatus, TRANSACTIONS_TABLE};
 
 use crate::error::{io, BackupError, Result};
+use crate::files::link_or_copy;
 use crate::files::{decompress, sha256_file};
-use crate::manifest::{Compression, Manifest, STORE_DIR};
+use crate::manifest::{Chain, Compression, Manifest};
 use crate::progress::{no_progress, Progress};
 
 /// Checks a backup: manifest present and readable, every file present with its size and
-/// checksum.
+/// checksum — for an incremental backup, in whichever backup of its chain stores it.
 pub fn verify(dir: &Path) -> Result<Manifest> {
     verify_with_progress(dir, &no_progress)
 }
 
 /// [`verify`], reporting the checksum pass to `progress`.
 pub fn verify_with_progress(dir: &Path, progress: Progress<'_>) -> Result<Manifest> {
-    let manifest = Manifest::read(dir)?;
+    let chain = Chain::load(dir)?;
+    let manifest = chain.manifest().clone();
     let corrupt = |detail: String| BackupError::Corrupt {
         dir: dir.to_path_buf(),
         detail,
@@ -36,7 +38,7 @@ pub fn verify_with_progress(dir: &Path, progress: Progress<'_>) -> Result<Manife
                 file.path
             )));
         }
-        let path = dir.join(STORE_DIR).join(&file.path);
+        let path = chain.locate(file)?;
         if !path.exists() {
             return Err(corrupt(format!("{} is missing", file.path)));
         }
@@ -55,20 +57,30 @@ pub fn verify_with_progress(dir: &Path, progress: Progress<'_>) -> Result<Manife
 }
 
 /// The raw snapshot of a verified backup as plain files: the backup's own `store/` when it is
-/// uncompressed, else a decompressed copy in `scratch`.
+/// uncompressed and holds every file, else a copy in `scratch` (files of an incremental
+/// backup's chain hard-linked where possible, compressed ones decompressed).
 pub(crate) fn raw_snapshot(
     dir: &Path,
     manifest: &Manifest,
     scratch: &Path,
     progress: Progress<'_>,
 ) -> Result<PathBuf> {
+    let chain = Chain::load(dir)?;
+    let total = manifest.total_size();
+    let mut done = 0;
     match manifest.compression {
-        Compression::None => Ok(dir.join(STORE_DIR)),
-        Compression::Zstd => {
-            let total = manifest.total_size();
-            let mut done = 0;
+        Compression::None if manifest.parent.is_none() => Ok(dir.join(crate::manifest::STORE_DIR)),
+        Compression::None => {
             for file in &manifest.files {
-                let from = dir.join(STORE_DIR).join(&file.path);
+                link_or_copy(&chain.locate(file)?, &scratch.join(&file.path))?;
+                done += file.size;
+                progress("assembling", done, total);
+            }
+            Ok(scratch.to_path_buf())
+        }
+        Compression::Zstd => {
+            for file in &manifest.files {
+                let from = chain.locate(file)?;
                 let to = scratch.join(file.path.trim_end_matches(".zst"));
                 decompress(&from, &to).map_err(|e| BackupError::Corrupt {
                     dir: dir.to_path_buf(),

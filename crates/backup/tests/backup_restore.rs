@@ -405,7 +405,10 @@ fn a_compressed_backup_verifies_deeply_and_restores(env: &dyn Env) {
     let manifest = backup_cancellable(
         &owner,
         &dir,
-        BackupOptions { compress: true },
+        BackupOptions {
+            compress: true,
+            ..BackupOptions::default()
+        },
         &cancel,
         &ortelius_backup::no_progress,
     )

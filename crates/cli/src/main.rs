@@ -146,6 +146,10 @@ struct BackupArgs {
     /// Store the files zstd-compressed.
     #[arg(long)]
     compress: bool,
+    /// Incremental: store only the files not already in this earlier backup (which must stay
+    /// where it is; restore and verify read it).
+    #[arg(long)]
+    incremental_from: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -369,9 +373,17 @@ fn run(cli: &Cli) -> Result<()> {
             dir,
             rate_limit,
             compress,
+            incremental_from,
         }) => {
             let dir = dir.as_ref().context("backup needs --dir <new directory>")?;
-            runbook::backup(&load_config(cli)?, dir, *rate_limit, *compress, out)
+            runbook::backup(
+                &load_config(cli)?,
+                dir,
+                *rate_limit,
+                *compress,
+                incremental_from.as_deref(),
+                out,
+            )
         }
         Command::Restore {
             dir,

@@ -477,6 +477,7 @@ pub fn backup(
     dir: &Path,
     rate_limit: Option<u64>,
     compress: bool,
+    incremental_from: Option<&Path>,
     out: Output,
 ) -> Result<()> {
     // Ctrl-C stops the backup at its next step and releases the lock at once (instead of
@@ -492,7 +493,10 @@ pub fn backup(
     let manifest = ortelius_backup::backup_cancellable(
         &*owner,
         dir,
-        BackupOptions { compress },
+        BackupOptions {
+            compress,
+            incremental_from: incremental_from.map(Path::to_path_buf),
+        },
         &cancel,
         &progress,
     );
@@ -505,6 +509,8 @@ pub fn backup(
             "store_kind": manifest.store_kind,
             "files": manifest.files.len(),
             "bytes": manifest.total_size(),
+            "stored_bytes": manifest.stored_size(),
+            "parent": manifest.parent.as_ref().map(|p| &p.dir),
             "backup_ts": manifest.backup_ts,
             "fast_forward_ts": manifest.fast_forward_ts,
             "oldest_complete_ts": manifest.oldest_complete_ts,
@@ -512,10 +518,15 @@ pub fn backup(
         }),
         || {
             format!(
-                "backup of {} complete in {elapsed:.1?}: {} files, {:.1} MB; B = {}, F = {}, every version kept from {}",
+                "backup of {} complete in {elapsed:.1?}: {} files, {:.1} MB{}; B = {}, F = {}, every version kept from {}",
                 manifest.store_kind,
                 manifest.files.len(),
                 manifest.total_size() as f64 / 1e6,
+                manifest.parent.as_ref().map_or(String::new(), |p| format!(
+                    " ({:.1} MB stored here, the rest in {})",
+                    manifest.stored_size() as f64 / 1e6,
+                    p.dir
+                )),
                 manifest.backup_ts,
                 manifest.fast_forward_ts,
                 manifest.oldest_complete_ts

@@ -399,7 +399,7 @@ fn backups_taken_during_the_bank_workload_restore_consistently_over_several_cycl
 fn one_shot_backups_during_the_workload_restore_consistently(d: &Deployment) {
     let (live_config, acks, workload, address) = start_bank_workload(d);
     let mut backups = Vec::new();
-    // CI runs two cycles; scripts/soak.sh runs ORTELIUS_SOAK_CYCLES (25) of them.
+    // CI runs three cycles (one chain); scripts/soak.sh runs ORTELIUS_SOAK_CYCLES of them.
     // The live process's metrics count the workload's commits and the backups' snapshots.
     let scrape = || {
         use ortelius_backup::StoreOwner;
@@ -422,17 +422,27 @@ fn one_shot_backups_during_the_workload_restore_consistently(d: &Deployment) {
     let cycles: usize = std::env::var("ORTELIUS_SOAK_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(3);
     for cycle in 0..cycles {
         let backup = d.path().join(format!("backup{cycle}"));
         let acked_before = acked(&acks);
-        // Every other cycle stores the backup zstd-compressed.
+        // Chains of three: a full backup, then two incremental ones, each on the one before;
+        // every other chain stores its files zstd-compressed.
         let mut args = vec!["backup", "--dir", backup.to_str().unwrap()];
-        if cycle % 2 == 1 {
+        let parent = d.path().join(format!("backup{}", cycle.saturating_sub(1)));
+        if cycle % 3 != 0 {
+            args.extend(["--incremental-from", parent.to_str().unwrap()]);
+        }
+        if (cycle / 3) % 2 == 1 {
             args.push("--compress");
         }
         let out = ok(&ortelius(&live_config, &args));
         assert!(out.contains("backup of"), "{out}");
+        assert_eq!(
+            cycle % 3 != 0,
+            out.contains("stored here, the rest in ../backup"),
+            "{out}"
+        );
         assert!(ok(&ortelius(
             &live_config,
             &["backup", "verify", "--dir", backup.to_str().unwrap()]

@@ -711,3 +711,120 @@ fn migrate_copies_every_table_resumes_after_a_kill_and_verifies_both_sides() {
         "--batch-rows must be in 1..=10000",
     );
 }
+
+#[test]
+fn an_incremental_backup_stores_only_new_files_and_needs_its_parent() {
+    let env = Env::new();
+    let d = env.dir.path();
+    // Several SST files: each chunk is flushed by the next backup's checkpoint.
+    let fill = |from: u32| {
+        env.with_manager(|m, t| {
+            m.run(|txn| {
+                for i in from..from + 2000 {
+                    txn.put(
+                        t,
+                        &Cell::new(format!("r{i:06}"), "balance")?,
+                        vec![7u8; 100],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap()
+        })
+    };
+    fill(0);
+    let (full, incremental) = (d.join("full"), d.join("incremental"));
+    let taken = json(&ok(&env.run(&[
+        "--json",
+        "backup",
+        "--dir",
+        path_of(&full),
+    ])));
+    assert!(taken["parent"].is_null());
+    fill(2000);
+    let inc = json(&ok(&env.run(&[
+        "--json",
+        "backup",
+        "--dir",
+        path_of(&incremental),
+        "--incremental-from",
+        path_of(&full),
+    ])));
+    assert_eq!(inc["parent"], "../full", "{inc}");
+    assert!(
+        inc["stored_bytes"].as_u64().unwrap() < inc["bytes"].as_u64().unwrap(),
+        "{inc}"
+    );
+    fails(
+        &env.run(&[
+            "backup",
+            "--dir",
+            path_of(&d.join("mismatch")),
+            "--compress",
+            "--incremental-from",
+            path_of(&full),
+        ]),
+        "must use the same",
+    );
+    assert!(
+        ok(&env.run(&["backup", "verify", "--deep", "--dir", path_of(&incremental)]))
+            .contains("intact")
+    );
+    let restore_into = |name: &str| {
+        let config = write(
+            d,
+            &format!("{name}.yml"),
+            &format!(
+                "atlasdb:\n  keyValueService: {{type: rocksdb, dataDir: {}}}\n",
+                d.join(name).display()
+            ),
+        );
+        Command::new(env!("CARGO_BIN_EXE_ortelius"))
+            .args([
+                "--config",
+                &config,
+                "restore",
+                "--dir",
+                path_of(&incremental),
+            ])
+            .output()
+            .unwrap()
+    };
+    ok(&restore_into("restored"));
+    // The restored store holds the rows of both fills.
+    let restored = write(
+        d,
+        "check.yml",
+        &format!(
+            "atlasdb:\n  keyValueService: {{type: rocksdb, dataDir: {}}}\n",
+            d.join("restored").display()
+        ),
+    );
+    for row in ["r000000", "r003999"] {
+        ok(&Command::new(env!("CARGO_BIN_EXE_ortelius"))
+            .args([
+                "--config",
+                &restored,
+                "kvs",
+                "get",
+                "--table",
+                "bank.accounts",
+                "--row",
+                row,
+            ])
+            .output()
+            .unwrap());
+    }
+    // Without its parent, the incremental backup fails verification and is not restored.
+    std::fs::rename(&full, d.join("moved")).unwrap();
+    fails(
+        &env.run(&["backup", "verify", "--dir", path_of(&incremental)]),
+        "it is incremental on",
+    );
+    fails(&restore_into("restored2"), "it is incremental on");
+    assert!(!d.join("restored2").exists(), "nothing restored");
+}
+
+fn path_of(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
