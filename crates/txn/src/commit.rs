@@ -20,26 +20,40 @@ use ortelius_kvs::{
 use ortelius_timelock::{LockDescriptor, LockError, LockToken};
 
 use crate::error::{TxnError, TxnResult};
+use crate::metrics::Outcome;
 use crate::reader::{ReadMode, Reader};
 use crate::transaction::{lock, ReadSpec, Transaction, WriteBuffer};
 use crate::txn_table::TxnStatus;
 
 pub(crate) fn commit(txn: &Transaction) -> TxnResult<()> {
     let writes = std::mem::take(&mut *lock(&txn.writes)?);
+    let started = std::time::Instant::now();
+    let result = commit_writes(txn, &writes);
+    let written = writes
+        .iter()
+        .filter(|(_, cells)| !cells.is_empty())
+        .map(|(table, _)| table);
+    txn.inner
+        .metrics
+        .commit(written, &Outcome::of(&result), started.elapsed());
+    result
+}
+
+fn commit_writes(txn: &Transaction, writes: &WriteBuffer) -> TxnResult<()> {
     if writes.values().all(|cells| cells.is_empty()) {
         // Nothing to write: a read-only commit is already consistent (also when serializable).
         return Ok(());
     }
-    let commit_locks = acquire_commit_locks(txn, &writes)?;
+    let commit_locks = acquire_commit_locks(txn, writes)?;
     let mut data_written = false;
     let result = (|| {
-        check_write_write_conflicts(txn, &writes)?;
+        check_write_write_conflicts(txn, writes)?;
         check_locks_held(txn, commit_locks)?;
-        write_data(txn, &writes)?;
+        write_data(txn, writes)?;
         data_written = true;
         let commit_ts = fetch_commit_ts(txn)?;
         let _ = txn.commit_ts.set(commit_ts);
-        validate_reads(txn, &writes, commit_ts)?;
+        validate_reads(txn, writes, commit_ts)?;
         check_locks_held(txn, commit_locks)?;
         put_commit_record(txn, commit_ts)
     })();

@@ -46,6 +46,19 @@ pub(crate) enum Outcome {
     Aborted,
 }
 
+impl Outcome {
+    pub(crate) fn of(result: &crate::TxnResult<()>) -> Self {
+        match result {
+            Ok(()) => Self::Committed,
+            Err(
+                crate::TxnError::WriteWriteConflict { table, .. }
+                | crate::TxnError::SerializableConflict { table, .. },
+            ) => Self::Conflict(table.clone()),
+            Err(_) => Self::Aborted,
+        }
+    }
+}
+
 fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }

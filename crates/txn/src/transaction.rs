@@ -346,14 +346,7 @@ impl Transaction {
             }
             *state = State::Committing;
         }
-        let written: Vec<TableRef> = lock(&self.writes)?
-            .iter()
-            .filter(|(_, cells)| !cells.is_empty())
-            .map(|(table, _)| table.clone())
-            .collect();
-        let started = std::time::Instant::now();
         let result = crate::commit::commit(self);
-        self.count(&written, &result, started.elapsed());
         *lock(&self.state)? = if result.is_ok() {
             State::Committed
         } else {
@@ -361,20 +354,6 @@ impl Transaction {
         };
         self.release_immutable_lock();
         result
-    }
-
-    /// Counts a commit attempt in the manager's metrics.
-    fn count(&self, written: &[TableRef], result: &TxnResult<()>, elapsed: std::time::Duration) {
-        use crate::metrics::Outcome;
-        let outcome = match result {
-            Ok(()) => Outcome::Committed,
-            Err(
-                TxnError::WriteWriteConflict { table, .. }
-                | TxnError::SerializableConflict { table, .. },
-            ) => Outcome::Conflict(table.clone()),
-            Err(_) => Outcome::Aborted,
-        };
-        self.inner.metrics.commit(written.iter(), &outcome, elapsed);
     }
 
     /// The commit timestamp, once a commit fetched one — also when that commit then failed or
