@@ -4,13 +4,14 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::crypt::{encrypt_in_place, BackupKey};
 use crate::error::{io, BackupError, Result};
 use crate::files::{
     compress_in_place, is_empty_dir, list_files, sha256_file, total_size, write_synced,
 };
 use crate::manifest::{
-    Chain, Compression, FileEntry, Manifest, Parent, FORMAT_VERSION, MANIFEST, STARTED_MARKER,
-    STORE_DIR,
+    Chain, Compression, Encryption, FileEntry, Manifest, Parent, FORMAT_VERSION, MANIFEST,
+    STARTED_MARKER, STORE_DIR,
 };
 use crate::owner::StoreOwner;
 use crate::progress::{no_progress, Progress};
@@ -26,6 +27,8 @@ pub struct BackupOptions {
     /// Incremental on this earlier backup: files identical to one of its files (path, size,
     /// checksum) are not stored again. It must hold the same store kind and compression.
     pub incremental_from: Option<PathBuf>,
+    /// Encrypt every stored file (after compressing it) with this key.
+    pub encrypt: Option<BackupKey>,
 }
 
 /// The earlier backup an incremental one builds on, checked before anything is taken.
@@ -39,6 +42,25 @@ fn parent_of(dir: &Path, options: &BackupOptions) -> Result<Option<(Parent, Mani
     } else {
         Compression::None
     };
+    let fingerprint = |k: &BackupKey| k.fingerprint().to_owned();
+    if manifest
+        .encryption
+        .as_ref()
+        .map(|e| e.key_fingerprint.clone())
+        != options.encrypt.as_ref().map(fingerprint)
+    {
+        return Err(BackupError::Store(format!(
+            "{} is {}; an incremental backup on it must be encrypted with the same key",
+            from.display(),
+            manifest
+                .encryption
+                .as_ref()
+                .map_or("not encrypted".to_owned(), |e| format!(
+                    "encrypted with the key of fingerprint {}",
+                    e.key_fingerprint
+                ))
+        )));
+    }
     if manifest.compression != wanted {
         return Err(BackupError::Store(format!(
             "{} is stored with compression {:?}; an incremental backup on it must use the same (--compress {})",
@@ -163,6 +185,16 @@ pub fn backup_cancellable(
     } else {
         Compression::None
     };
+    if let Some(key) = &options.encrypt {
+        let total = total_size(&store, &paths);
+        let mut done = 0;
+        for rel in &mut paths {
+            check()?;
+            done += std::fs::metadata(store.join(&*rel)).map_or(0, |m| m.len());
+            *rel = encrypt_in_place(&store, rel, key)?;
+            progress("encrypting", done, total);
+        }
+    }
     let total = total_size(&store, &paths);
     let mut done = 0u64;
     let mut files = Vec::with_capacity(paths.len());
@@ -205,6 +237,10 @@ pub fn backup_cancellable(
         compression,
         files,
         parent: parent.map(|(p, _)| p),
+        encryption: options.encrypt.as_ref().map(|k| Encryption {
+            algorithm: crate::crypt::ALGORITHM.to_owned(),
+            key_fingerprint: k.fingerprint().to_owned(),
+        }),
     };
     manifest.write(dir)?;
     tracing::info!(dir = %dir.display(), files = manifest.files.len(), bytes = manifest.total_size(), "backup complete");

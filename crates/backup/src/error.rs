@@ -22,6 +22,8 @@ pub enum BackupError {
     Incomplete(PathBuf),
     #[error("{} is not a backup (no {MANIFEST})", .0.display())]
     NotABackup(PathBuf),
+    #[error("backup {} cannot be read: {detail}", .dir.display())]
+    Key { dir: PathBuf, detail: String },
     #[error("backup {} is damaged: {detail}", .dir.display())]
     Corrupt { dir: PathBuf, detail: String },
     #[error("backup {} holds a {backup_kind} store, but the configured store is {target_kind}; restore it into a {backup_kind} store", .dir.display())]

@@ -17,6 +17,7 @@
 //!   transactions from B → fast-forward to F → release the persisted lock → unmark.
 
 mod backup;
+mod crypt;
 mod error;
 mod files;
 mod manifest;
@@ -26,6 +27,7 @@ mod restore;
 mod verify;
 
 pub use backup::{backup, backup_cancellable, BackupOptions, BACKUP_LOCK_LEASE};
+pub use crypt::BackupKey;
 pub use error::BackupError;
 pub use manifest::{
     Compression, FileEntry, Manifest, FORMAT_VERSION, MANIFEST, STARTED_MARKER, STORE_DIR,
@@ -36,4 +38,6 @@ pub use owner::{
 };
 pub use progress::{no_progress, Progress, RateLimit};
 pub use restore::{restore, restore_with, RestoreOptions, RestoreReport};
-pub use verify::{verify, verify_deep, verify_with_progress, DeepReport};
+pub use verify::{
+    verify, verify_deep, verify_deep_with, verify_with, verify_with_progress, DeepReport,
+};

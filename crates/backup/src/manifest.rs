@@ -51,6 +51,14 @@ pub struct FileEntry {
     pub in_parent: bool,
 }
 
+/// How the stored files are encrypted (never the key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    pub algorithm: String,
+    /// The key's fingerprint, to tell a wrong key from a damaged file.
+    pub key_fingerprint: String,
+}
+
 /// The backup an incremental backup builds on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parent {
@@ -79,6 +87,36 @@ pub struct Manifest {
     /// Set on an incremental backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Parent>,
+    /// Set when the files are encrypted (`<name>.enc`, after compression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+impl Manifest {
+    /// Checks that `key` is the one the files were encrypted with (and that there is one).
+    pub fn check_key(&self, dir: &Path, key: Option<&crate::crypt::BackupKey>) -> Result<()> {
+        let refused = |detail: String| BackupError::Key {
+            dir: dir.to_path_buf(),
+            detail,
+        };
+        match (&self.encryption, key) {
+            (None, _) => Ok(()),
+            (Some(e), None) => Err(refused(format!(
+                "it is encrypted (key fingerprint {}); give its key file with --encrypt-key-file",
+                e.key_fingerprint
+            ))),
+            (Some(e), Some(k)) if k.fingerprint() != e.key_fingerprint => Err(refused(format!(
+                "the key given (fingerprint {}) is not the one it was encrypted with (fingerprint {})",
+                k.fingerprint(),
+                e.key_fingerprint
+            ))),
+            (Some(e), Some(_)) if e.algorithm != crate::crypt::ALGORITHM => Err(refused(format!(
+                "it is encrypted with {}, which this build cannot read",
+                e.algorithm
+            ))),
+            (Some(_), Some(_)) => Ok(()),
+        }
+    }
 }
 
 impl Manifest {

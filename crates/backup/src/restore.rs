@@ -11,7 +11,7 @@ use ortelius_txn::{BackupLock, BackupLockError, SystemWallClock, TransactionsTab
 use crate::error::{store, BackupError, Result};
 use crate::manifest::Manifest;
 use crate::progress::{no_progress, Progress};
-use crate::verify::{raw_snapshot, scratch_dir, verify_with_progress};
+use crate::verify::{raw_snapshot, scratch_dir, verify_with};
 
 /// Choices for a restore.
 #[derive(Clone, Default)]
@@ -23,6 +23,8 @@ pub struct RestoreOptions {
     /// The timestamp authority to fast-forward (a shared timelock server); `None`: the store's
     /// own persisted bound, as in embedded mode.
     pub timestamps: Option<Arc<dyn TimestampService>>,
+    /// The key of an encrypted backup.
+    pub key: Option<crate::crypt::BackupKey>,
 }
 
 /// What a restore did.
@@ -51,7 +53,7 @@ pub fn restore_with(
     options: &RestoreOptions,
     progress: Progress<'_>,
 ) -> Result<RestoreReport> {
-    let manifest = verify_with_progress(backup_dir, progress)?;
+    let manifest = verify_with(backup_dir, options.key.as_ref(), progress)?;
     if manifest.store_kind != target.store_kind() {
         return Err(BackupError::WrongStoreKind {
             dir: backup_dir.to_path_buf(),
@@ -74,7 +76,13 @@ pub fn restore_with(
     }
     tracing::info!(backup = %backup_dir.display(), target = %target.describe(), as_of, "restore: backup verified; loading");
     let scratch = scratch_dir()?;
-    let raw = raw_snapshot(backup_dir, &manifest, scratch.path(), progress)?;
+    let raw = raw_snapshot(
+        backup_dir,
+        &manifest,
+        options.key.as_ref(),
+        scratch.path(),
+        progress,
+    )?;
     let bytes_loaded = std::sync::atomic::AtomicU64::new(0);
     target
         .load(&raw, &|done, total| {

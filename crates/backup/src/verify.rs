@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use ortelius_kvs::TableRef;
 use ortelius_txn::{TransactionsTable, TxnStatus, TRANSACTIONS_TABLE};
 
+use crate::crypt::{self, BackupKey};
 use crate::error::{io, BackupError, Result};
 use crate::files::link_or_copy;
 use crate::files::{decompress, sha256_file};
@@ -13,15 +14,27 @@ use crate::manifest::{Chain, Compression, Manifest};
 use crate::progress::{no_progress, Progress};
 
 /// Checks a backup: manifest present and readable, every file present with its size and
-/// checksum — for an incremental backup, in whichever backup of its chain stores it.
+/// checksum — for an incremental backup, in whichever backup of its chain stores it. An
+/// encrypted backup needs its key ([`verify_with`]).
 pub fn verify(dir: &Path) -> Result<Manifest> {
-    verify_with_progress(dir, &no_progress)
+    verify_with(dir, None, &no_progress)
 }
 
 /// [`verify`], reporting the checksum pass to `progress`.
 pub fn verify_with_progress(dir: &Path, progress: Progress<'_>) -> Result<Manifest> {
+    verify_with(dir, None, progress)
+}
+
+/// [`verify`] with the key of an encrypted backup: every file must also decrypt and
+/// authenticate, chunk by chunk.
+pub fn verify_with(
+    dir: &Path,
+    key: Option<&BackupKey>,
+    progress: Progress<'_>,
+) -> Result<Manifest> {
     let chain = Chain::load(dir)?;
     let manifest = chain.manifest().clone();
+    manifest.check_key(dir, key)?;
     let corrupt = |detail: String| BackupError::Corrupt {
         dir: dir.to_path_buf(),
         detail,
@@ -52,46 +65,72 @@ pub fn verify_with_progress(dir: &Path, progress: Progress<'_>) -> Result<Manife
                 file.path
             )));
         }
+        if let (Some(_), Some(key)) = (&manifest.encryption, key) {
+            crypt::decrypt(&path, key, None).map_err(|e| corrupt(format!("{}: {e}", file.path)))?;
+        }
     }
     Ok(manifest)
 }
 
-/// The raw snapshot of a verified backup as plain files: the backup's own `store/` when it is
-/// uncompressed and holds every file, else a copy in `scratch` (files of an incremental
-/// backup's chain hard-linked where possible, compressed ones decompressed).
+/// The raw snapshot of a verified backup as plain files: the backup's own `store/` when it
+/// holds every file as taken, else a copy in `scratch` (files of an incremental backup's chain
+/// hard-linked where possible, encrypted ones decrypted, compressed ones decompressed).
 pub(crate) fn raw_snapshot(
     dir: &Path,
     manifest: &Manifest,
+    key: Option<&BackupKey>,
     scratch: &Path,
     progress: Progress<'_>,
 ) -> Result<PathBuf> {
+    if manifest.parent.is_none()
+        && manifest.compression == Compression::None
+        && manifest.encryption.is_none()
+    {
+        return Ok(dir.join(crate::manifest::STORE_DIR));
+    }
+    manifest.check_key(dir, key)?;
     let chain = Chain::load(dir)?;
+    let corrupt = |detail: String| BackupError::Corrupt {
+        dir: dir.to_path_buf(),
+        detail,
+    };
     let total = manifest.total_size();
     let mut done = 0;
-    match manifest.compression {
-        Compression::None if manifest.parent.is_none() => Ok(dir.join(crate::manifest::STORE_DIR)),
-        Compression::None => {
-            for file in &manifest.files {
-                link_or_copy(&chain.locate(file)?, &scratch.join(&file.path))?;
-                done += file.size;
-                progress("assembling", done, total);
+    for file in &manifest.files {
+        let mut from = chain.locate(file)?;
+        let mut name = file.path.as_str();
+        // Decrypted into a temporary file when it still needs decompressing.
+        let mut decrypted = None;
+        if let (Some(_), Some(key)) = (&manifest.encryption, key) {
+            name = name.trim_end_matches(".enc");
+            let to = scratch.join(name);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
             }
-            Ok(scratch.to_path_buf())
+            let mut out = std::fs::File::create(&to).map_err(io("cannot write", &to))?;
+            crypt::decrypt(&from, key, Some(&mut out))
+                .map_err(|e| corrupt(format!("{}: {e}", file.path)))?;
+            from = to;
+            decrypted = Some(from.clone());
         }
-        Compression::Zstd => {
-            for file in &manifest.files {
-                let from = chain.locate(file)?;
-                let to = scratch.join(file.path.trim_end_matches(".zst"));
-                decompress(&from, &to).map_err(|e| BackupError::Corrupt {
-                    dir: dir.to_path_buf(),
-                    detail: format!("{} does not decompress: {e}", file.path),
-                })?;
-                done += file.size;
-                progress("decompressing", done, total);
+        match manifest.compression {
+            Compression::Zstd => {
+                let to = scratch.join(name.trim_end_matches(".zst"));
+                decompress(&from, &to)
+                    .map_err(|e| corrupt(format!("{} does not decompress: {e}", file.path)))?;
+                if let Some(tmp) = decrypted {
+                    std::fs::remove_file(&tmp).map_err(io("cannot remove", &tmp))?;
+                }
             }
-            Ok(scratch.to_path_buf())
+            Compression::None if decrypted.is_none() => {
+                link_or_copy(&from, &scratch.join(name))?;
+            }
+            Compression::None => {}
         }
+        done += file.size;
+        progress("assembling", done, total);
     }
+    Ok(scratch.to_path_buf())
 }
 
 /// A scratch directory for a decompressed copy.
@@ -118,7 +157,12 @@ pub struct DeepReport {
 /// transactions table: every entry well-formed, and no commit at or after F (every commit in
 /// the snapshot happened before F was fetched).
 pub fn verify_deep(dir: &Path) -> Result<DeepReport> {
-    let manifest = verify(dir)?;
+    verify_deep_with(dir, None)
+}
+
+/// [`verify_deep`] with the key of an encrypted backup.
+pub fn verify_deep_with(dir: &Path, key: Option<&BackupKey>) -> Result<DeepReport> {
+    let manifest = verify_with(dir, key, &no_progress)?;
     let corrupt = |detail: String| BackupError::Corrupt {
         dir: dir.to_path_buf(),
         detail,
@@ -129,7 +173,7 @@ pub fn verify_deep(dir: &Path) -> Result<DeepReport> {
         }
     })?;
     let scratch = scratch_dir()?;
-    let raw = raw_snapshot(dir, &manifest, scratch.path(), &no_progress)?;
+    let raw = raw_snapshot(dir, &manifest, key, scratch.path(), &no_progress)?;
     let entries = format.verify(&raw).map_err(|e| corrupt(e.to_string()))?;
     let table = TableRef::system(TRANSACTIONS_TABLE).map_err(|e| corrupt(e.to_string()))?;
     let mut transactions = 0u64;

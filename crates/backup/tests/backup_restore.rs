@@ -425,6 +425,56 @@ fn a_compressed_backup_verifies_deeply_and_restores(env: &dyn Env) {
     assert!(present(&r, &rt, "before") && !present(&r, &rt, "after"));
 }
 
+fn an_incremental_backup_shares_unchanged_files_and_restores_through_its_chain(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
+    put(&m, &t, "first");
+    let full = env.root().join("full");
+    let cancel = AtomicBool::new(false);
+    let take = |dir: &Path, options: BackupOptions| {
+        backup_cancellable(&owner, dir, options, &cancel, &ortelius_backup::no_progress)
+    };
+    take(&full, BackupOptions::default()).unwrap();
+    put(&m, &t, "second");
+    let incremental = env.root().join("incremental");
+    let manifest = take(
+        &incremental,
+        BackupOptions {
+            incremental_from: Some(full.clone()),
+            ..BackupOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(manifest.parent.as_ref().unwrap().dir, "../full");
+    if env.config("x").kind() == "rocksdb" {
+        // The first checkpoint's SST file is immutable and still live: stored once.
+        assert!(
+            manifest.files.iter().any(|f| f.in_parent)
+                && manifest.stored_size() < manifest.total_size(),
+            "{manifest:?}"
+        );
+    }
+    put(&m, &t, "third");
+    let third = env.root().join("third");
+    take(
+        &third,
+        BackupOptions {
+            incremental_from: Some(incremental.clone()),
+            ..BackupOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(verify_deep(&third).unwrap().entries > 0);
+    restore_into(env, &incremental, "restored", &RestoreOptions::default()).unwrap();
+    let (r, _, rt) = manager(env, "restored");
+    assert!(present(&r, &rt, "first") && present(&r, &rt, "second"));
+    assert!(!present(&r, &rt, "third"));
+    // Without its grandparent the third backup is refused by name, and nothing restored.
+    std::fs::rename(&full, env.root().join("moved")).unwrap();
+    let err = verify(&third).unwrap_err();
+    assert!(err.to_string().contains("it is incremental on"), "{err}");
+    assert!(restore_into(env, &third, "restored2", &RestoreOptions::default()).is_err());
+}
+
 fn a_backup_restores_only_into_a_store_of_its_kind(env: &dyn Env) {
     let dir = backed_up(env);
     let mut text = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
@@ -455,6 +505,7 @@ macro_rules! backup_scenarios {
             long_steps_report_progress_up_to_their_total,
             a_rate_limit_slows_the_checksum_pass_to_the_given_rate,
             a_compressed_backup_verifies_deeply_and_restores,
+            an_incremental_backup_shares_unchanged_files_and_restores_through_its_chain,
             a_backup_restores_only_into_a_store_of_its_kind,
         );
     };

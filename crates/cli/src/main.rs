@@ -77,6 +77,9 @@ enum Command {
         /// Read at most this much per second while verifying and copying (e.g. 50M, 1G).
         #[arg(long, value_parser = args::parse_rate)]
         rate_limit: Option<u64>,
+        /// The key file of an encrypted backup.
+        #[arg(long)]
+        encrypt_key_file: Option<PathBuf>,
     },
     /// Runs a workload against the configured store (serving the management API meanwhile).
     #[command(subcommand)]
@@ -150,6 +153,10 @@ struct BackupArgs {
     /// where it is; restore and verify read it).
     #[arg(long)]
     incremental_from: Option<PathBuf>,
+    /// Encrypt every stored file with the key in this file (32 bytes, or 64 hex digits:
+    /// `openssl rand -hex 32 > key`); verify and restore then need it too.
+    #[arg(long)]
+    encrypt_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +168,9 @@ enum BackupAction {
         /// Also open the backup read-only and check the store and its transactions table.
         #[arg(long)]
         deep: bool,
+        /// The key file of an encrypted backup.
+        #[arg(long)]
+        encrypt_key_file: Option<PathBuf>,
     },
 }
 
@@ -339,6 +349,13 @@ enum TimestampCommand {
     },
 }
 
+/// The backup key in `file`, if one is given.
+fn key(file: Option<&std::path::Path>) -> Result<Option<ortelius_backup::BackupKey>> {
+    Ok(file
+        .map(ortelius_backup::BackupKey::from_file)
+        .transpose()?)
+}
+
 fn load_config(cli: &Cli) -> Result<config::AtlasConfig> {
     let file = cli
         .config
@@ -365,15 +382,21 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Serve => runbook::serve(&load_config(cli)?),
         Command::Timelock(TimelockCommand::Serve(args)) => runbook::timelock_serve(args),
         Command::Backup(BackupArgs {
-            action: Some(BackupAction::Verify { dir, deep }),
+            action:
+                Some(BackupAction::Verify {
+                    dir,
+                    deep,
+                    encrypt_key_file,
+                }),
             ..
-        }) => runbook::verify_backup(dir, *deep, out),
+        }) => runbook::verify_backup(dir, *deep, key(encrypt_key_file.as_deref())?, out),
         Command::Backup(BackupArgs {
             action: None,
             dir,
             rate_limit,
             compress,
             incremental_from,
+            encrypt_key_file,
         }) => {
             let dir = dir.as_ref().context("backup needs --dir <new directory>")?;
             runbook::backup(
@@ -382,6 +405,7 @@ fn run(cli: &Cli) -> Result<()> {
                 *rate_limit,
                 *compress,
                 incremental_from.as_deref(),
+                key(encrypt_key_file.as_deref())?,
                 out,
             )
         }
@@ -390,7 +414,18 @@ fn run(cli: &Cli) -> Result<()> {
             force,
             as_of,
             rate_limit,
-        } => runbook::restore(&load_config(cli)?, dir, *force, *as_of, *rate_limit, out),
+            encrypt_key_file,
+        } => runbook::restore(
+            &load_config(cli)?,
+            dir,
+            runbook::RestoreArgs {
+                force: *force,
+                as_of: *as_of,
+                rate_limit: *rate_limit,
+                key: key(encrypt_key_file.as_deref())?,
+            },
+            out,
+        ),
         Command::Workload(WorkloadCommand::Bank {
             accounts,
             threads,

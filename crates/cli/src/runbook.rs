@@ -478,6 +478,7 @@ pub fn backup(
     rate_limit: Option<u64>,
     compress: bool,
     incremental_from: Option<&Path>,
+    encrypt: Option<ortelius_backup::BackupKey>,
     out: Output,
 ) -> Result<()> {
     // Ctrl-C stops the backup at its next step and releases the lock at once (instead of
@@ -496,6 +497,7 @@ pub fn backup(
         BackupOptions {
             compress,
             incremental_from: incremental_from.map(Path::to_path_buf),
+            encrypt,
         },
         &cancel,
         &progress,
@@ -536,12 +538,21 @@ pub fn backup(
 }
 
 /// `backup verify --dir D [--deep]`.
-pub fn verify_backup(dir: &Path, deep: bool, out: Output) -> Result<()> {
+pub fn verify_backup(
+    dir: &Path,
+    deep: bool,
+    key: Option<ortelius_backup::BackupKey>,
+    out: Output,
+) -> Result<()> {
     let (m, deep) = if deep {
-        let r = ortelius_backup::verify_deep(dir)?;
+        let r = ortelius_backup::verify_deep_with(dir, key.as_ref())?;
         (r.manifest, Some((r.entries, r.transactions)))
     } else {
-        (ortelius_backup::verify(dir)?, None)
+        let none = |_: &str, _: u64, _: u64| {};
+        (
+            ortelius_backup::verify_with(dir, key.as_ref(), &none)?,
+            None,
+        )
     };
     let mut report = json!({
         "dir": dir,
@@ -574,15 +585,22 @@ pub fn verify_backup(dir: &Path, deep: bool, out: Output) -> Result<()> {
     })
 }
 
+/// The choices of `restore`.
+pub struct RestoreArgs {
+    pub force: bool,
+    pub as_of: Option<i64>,
+    pub rate_limit: Option<u64>,
+    pub key: Option<ortelius_backup::BackupKey>,
+}
+
 /// `restore --dir D`: into the configured store, offline.
-pub fn restore(
-    config: &AtlasConfig,
-    dir: &Path,
-    force: bool,
-    as_of: Option<i64>,
-    rate_limit: Option<u64>,
-    out: Output,
-) -> Result<()> {
+pub fn restore(config: &AtlasConfig, dir: &Path, args: RestoreArgs, out: Output) -> Result<()> {
+    let RestoreArgs {
+        force,
+        as_of,
+        rate_limit,
+        key,
+    } = args;
     refuse_live(config, "restore")?;
     let target = ortelius_backends::restore_target(&config.key_value_service)?;
     let started = Instant::now();
@@ -594,6 +612,7 @@ pub fn restore(
         force,
         as_of,
         timestamps,
+        key,
     };
     let report = ortelius_backup::restore_with(dir, &*target, &options, &progress);
     bars.finish();

@@ -18,7 +18,7 @@ use crate::config::AtlasConfig;
 /// Whether a command may create the store when it does not exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IfMissing {
-    /// `workload`, `serve`: the commands that start an application's store.
+    /// `workload`, `serve` and a migration's target: the commands that start a store.
     Create,
     /// Every other command: a missing store is a mistyped config, not a store to create.
     Refuse,
@@ -49,7 +49,7 @@ pub fn open_backend(config: &AtlasConfig, if_missing: IfMissing) -> Result<Backe
             ),
         },
         Err(e @ KvsError::StoreMissing { .. }) => bail!(
-            "{e}; only workload, serve, demo, restore and kvs load create a store"
+            "{e}; only workload, serve, demo, restore, kvs load and migrate (its target) create a store"
         ),
         Err(e) => Err(e.into()),
     }
