@@ -172,28 +172,26 @@ pub fn backup_cancellable(
     );
 
     let mut paths = list_files(&store)?;
-    let compression = if options.compress {
+    // Each file is replaced in place by its transformed form (`<name>.zst`, `<name>.enc`).
+    let mut rewrite = |step: &str, transform: &dyn Fn(&Path) -> Result<PathBuf>| -> Result<()> {
         let total = total_size(&store, &paths);
         let mut done = 0;
         for rel in &mut paths {
             check()?;
             done += std::fs::metadata(store.join(&*rel)).map_or(0, |m| m.len());
-            *rel = compress_in_place(&store, rel)?;
-            progress("compressing", done, total);
+            *rel = transform(rel)?;
+            progress(step, done, total);
         }
+        Ok(())
+    };
+    let compression = if options.compress {
+        rewrite("compressing", &|rel| compress_in_place(&store, rel))?;
         Compression::Zstd
     } else {
         Compression::None
     };
     if let Some(key) = &options.encrypt {
-        let total = total_size(&store, &paths);
-        let mut done = 0;
-        for rel in &mut paths {
-            check()?;
-            done += std::fs::metadata(store.join(&*rel)).map_or(0, |m| m.len());
-            *rel = encrypt_in_place(&store, rel, key)?;
-            progress("encrypting", done, total);
-        }
+        rewrite("encrypting", &|rel| encrypt_in_place(&store, rel, key))?;
     }
     let total = total_size(&store, &paths);
     let mut done = 0u64;
