@@ -116,6 +116,21 @@ pub fn get(owner: &dyn StoreOwner, mut read: Read, out: Output) -> Result<()> {
             answer.timestamp
         );
     }
+    if let Some(column) = &read.column {
+        if !answer
+            .rows
+            .iter()
+            .any(|(_, columns)| columns.iter().any(|(c, _)| c == column))
+        {
+            bail!(
+                "row {} of {} has no column {} at timestamp {}",
+                text(&row, Format::Auto),
+                read.table,
+                text(column, Format::Auto),
+                answer.timestamp
+            );
+        }
+    }
     print(&answer, &read, out)
 }
 

@@ -83,6 +83,18 @@ fn the_seed_runbook_on_three_nodes_restores_a_consistent_state_after_total_loss(
     let acks = dir.path().join("acks");
 
     let old = CassandraCluster::start(3);
+    // A mistyped keyspace is refused, not created, by a command that does not create stores.
+    let mistyped = store_yaml(&old).replace(KEYSPACE, "mistyped_keyspace");
+    let mistyped = write_config(dir.path(), "mistyped.yml", &mistyped, None);
+    let refused = ortelius(&mistyped, &["backup", "--dir", path(&oneshot)]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("there is no store at")
+            && stderr.contains("mistyped_keyspace"),
+        "{stderr}"
+    );
+    assert!(!oneshot.exists(), "no backup directory was written");
     let address = free_address();
     let live = config_file(dir.path(), "live.yml", &old, Some(&address));
     let workload = start_bank_workload(&live, &address, &acks);

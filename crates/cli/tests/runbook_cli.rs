@@ -483,6 +483,16 @@ fn the_console_reads_tables_rows_and_ranges_at_a_timestamp() {
         "no row zed",
     );
     fails(
+        &env.run(
+            &[
+                &["kvs", "get", "--row", "a", "--column", "nope"],
+                &table[..],
+            ]
+            .concat(),
+        ),
+        "row a of bank.accounts has no column nope",
+    );
+    fails(
         &env.run(&["kvs", "get", "--table", "no.such", "--row", "a"]),
         "there is no table no.such",
     );

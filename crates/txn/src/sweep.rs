@@ -132,16 +132,21 @@ impl Sweeper {
     pub fn sweep_table(&self, table: &TableRef, dry_run: bool) -> TxnResult<SweepReport> {
         let sweep_ts = self.sweep_timestamp()?;
         let report = self.sweep_table_at(table, sweep_ts, dry_run)?;
-        tracing::info!(
-            %table,
-            sweep_ts,
-            cells_examined = report.cells_examined,
-            versions_deleted = report.versions_deleted,
-            paused_by_backup_lock = report.paused_by_backup_lock,
-            complete = report.complete,
-            dry_run,
-            "swept"
-        );
+        // The background sweeper passes every table each minute: only passes that did something
+        // (or were paused) are worth an info line.
+        if report.versions_deleted > 0 || report.paused_by_backup_lock {
+            tracing::info!(
+                %table,
+                sweep_ts,
+                cells_examined = report.cells_examined,
+                versions_deleted = report.versions_deleted,
+                paused_by_backup_lock = report.paused_by_backup_lock,
+                dry_run,
+                "swept"
+            );
+        } else {
+            tracing::debug!(%table, sweep_ts, cells_examined = report.cells_examined, "swept; nothing to delete");
+        }
         if !dry_run {
             self.manager.metrics().sweep(
                 report.cells_examined,
