@@ -4,17 +4,19 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::crypt::{encrypt_in_place, BackupKey};
+use ortelius_kvs::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::crypt::{encrypt_file, BackupKey};
 use crate::error::{io, BackupError, Result};
-use crate::files::{
-    compress_in_place, is_empty_dir, list_files, sha256_file, total_size, write_synced,
-};
+use crate::files::{compress_file, is_empty_dir, list_files, sha256_file, write_synced};
 use crate::manifest::{
     Chain, Compression, Encryption, FileEntry, Manifest, Parent, FORMAT_VERSION, MANIFEST,
-    STARTED_MARKER, STORE_DIR,
+    SNAPSHOT_RECORD, STARTED_MARKER, STORE_DIR, STORE_JOURNAL,
 };
 use crate::owner::StoreOwner;
 use crate::progress::{no_progress, Progress};
+use crate::resume::{lock_file, remove_if_present, rewrite, Journal};
 
 /// How long a backup's lock lasts if the backup process dies before releasing it.
 pub const BACKUP_LOCK_LEASE: Duration = Duration::from_secs(3600);
@@ -95,8 +97,17 @@ fn relative_to(dir: &Path, target: &Path) -> Result<String> {
     }
 }
 
-/// Takes a live, consistent backup into `dir` (new, empty, or holding an incomplete backup,
-/// which is started over).
+/// What [`backup_cancellable`] did.
+#[derive(Clone, Debug)]
+pub struct BackupReport {
+    pub manifest: Manifest,
+    /// Bytes of the snapshot an interrupted run of this backup had already stored, kept
+    /// rather than stored again (0 for a backup that ran in one go).
+    pub resumed_bytes: u64,
+}
+
+/// Takes a live, consistent backup into `dir` (new, empty, or holding an interrupted backup,
+/// which is resumed or started over; see [`backup_cancellable`]).
 pub fn backup(owner: &dyn StoreOwner, dir: &Path) -> Result<Manifest> {
     backup_cancellable(
         owner,
@@ -105,23 +116,69 @@ pub fn backup(owner: &dyn StoreOwner, dir: &Path) -> Result<Manifest> {
         &AtomicBool::new(false),
         &no_progress,
     )
+    .map(|r| r.manifest)
 }
 
-/// [`backup`], stopping at the next step once `cancel` is set (Ctrl-C): the lock is released
-/// and no manifest is written, so the directory is an incomplete backup that a re-run restarts.
+/// What `BACKUP-STARTED` holds: which lock holder the run used, so that a re-run can take over
+/// a lock the interrupted run left behind.
+#[derive(Serialize, Deserialize)]
+struct StartedMarker {
+    note: String,
+    lock_holder: String,
+}
+
+/// A raw snapshot's file, as taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct RawFile {
+    path: String,
+    size: u64,
+}
+
+/// Written once the raw snapshot is complete and the lock released: from then on the backup
+/// only stores the snapshot's files, and an interrupted run resumes from here.
+#[derive(Serialize, Deserialize)]
+struct SnapshotRecord {
+    store_kind: String,
+    backup_ts: Timestamp,
+    fast_forward_ts: Timestamp,
+    oldest_complete_ts: Timestamp,
+    origins: Vec<(String, String)>,
+    files: Vec<RawFile>,
+    /// The options the files are being stored with; a resumed run must use the same.
+    compress: bool,
+    key_fingerprint: Option<String>,
+    parent: Option<Parent>,
+}
+
+/// A stored file in the journal: the raw file it came from and its manifest entry.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    raw: String,
+    entry: FileEntry,
+}
+
+/// Takes a live, consistent backup into `dir`, stopping at the next file once `cancel` is set
+/// (Ctrl-C). The lock is released and no manifest written; running the same backup again
+/// resumes it.
 ///
-/// Steps: write `BACKUP-STARTED` → acquire the backup lock (with a lease, so a killed backup
-/// cannot stop sweep for good; released on every error path) → note the sweep timestamp (the
-/// oldest timestamp whose versions the backup holds completely) → fetch B → raw snapshot into
-/// `store/` → fetch F → release → compress (optional) and checksum every file → write the
-/// manifest, last.
+/// Steps: lock `dir` against other backups → write `BACKUP-STARTED` → acquire the backup lock
+/// (with a lease, so a killed backup cannot stop sweep for good; released on every error path)
+/// → note the sweep timestamp (the oldest timestamp whose versions the backup holds
+/// completely) → fetch B → raw snapshot into `store/` → fetch F → release → record the
+/// snapshot (`SNAPSHOT-TAKEN.json`) → store each file (compress, encrypt, checksum; journaled
+/// one by one) → write the manifest, last.
+///
+/// Resuming: a run interrupted after the snapshot record keeps that snapshot and its B and F,
+/// and stores only the files the journal does not list. A run interrupted before it discards
+/// the partial snapshot and takes a new one, with new B and F, taking over the backup lock the
+/// interrupted run left: files from two snapshots are never mixed.
 pub fn backup_cancellable(
     owner: &dyn StoreOwner,
     dir: &Path,
     options: BackupOptions,
     cancel: &AtomicBool,
     progress: Progress<'_>,
-) -> Result<Manifest> {
+) -> Result<BackupReport> {
     let check = || {
         if cancel.load(Ordering::SeqCst) {
             Err(BackupError::Cancelled)
@@ -129,25 +186,180 @@ pub fn backup_cancellable(
             Ok(())
         }
     };
-    if !is_empty_dir(dir)? {
-        let incomplete = dir.join(STARTED_MARKER).exists() && !dir.join(MANIFEST).exists();
-        if !incomplete {
-            return Err(BackupError::NotEmpty {
-                path: dir.to_path_buf(),
-                hint: "",
-            });
-        }
-        // A backup that crashed midway: start it over.
-        std::fs::remove_dir_all(dir).map_err(io("cannot clear the incomplete backup", dir))?;
+    if !is_empty_dir(dir)? && (dir.join(MANIFEST).exists() || !dir.join(STARTED_MARKER).exists()) {
+        return Err(BackupError::NotEmpty {
+            path: dir.to_path_buf(),
+            hint: "",
+        });
     }
     let parent = parent_of(dir, &options)?;
     std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
-    write_synced(
-        &dir.join(STARTED_MARKER),
-        b"a backup was started here; it is complete once manifest.json exists\n",
-    )?;
-    let holder = format!("ortelius backup (pid {})", std::process::id());
-    owner.acquire_backup_lock(&holder, "ortelius backup", Some(BACKUP_LOCK_LEASE))?;
+    let marker_path = dir.join(STARTED_MARKER);
+    let mut marker = lock_file(&marker_path, || BackupError::Busy {
+        dir: dir.to_path_buf(),
+    })?;
+    let record = match read_record(dir)? {
+        Some(record) => {
+            record.check_options(dir, &options, parent.as_ref().map(|(p, _)| p))?;
+            tracing::info!(dir = %dir.display(), backup_ts = record.backup_ts, "backup: resuming an interrupted backup after its snapshot");
+            record
+        }
+        None => {
+            let interrupted = std::fs::read(&marker_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<StartedMarker>(&b).ok());
+            clear_all_but(dir, STARTED_MARKER)?;
+            let holder = format!("ortelius backup (pid {})", std::process::id());
+            let text = serde_json::to_vec_pretty(&StartedMarker {
+                note: "a backup was started here; it is complete once manifest.json exists"
+                    .to_owned(),
+                lock_holder: holder.clone(),
+            })
+            .map_err(|e| BackupError::Store(e.to_string()))?;
+            rewrite(&mut marker, &marker_path, &text)?;
+            if let Some(interrupted) = interrupted {
+                take_over_lock(owner, &interrupted.lock_holder)?;
+            }
+            let record = take_snapshot(owner, dir, &holder, &options, parent.as_ref(), &check)?;
+            write_synced(
+                &dir.join(SNAPSHOT_RECORD),
+                &serde_json::to_vec_pretty(&record)
+                    .map_err(|e| BackupError::Store(e.to_string()))?,
+            )?;
+            record
+        }
+    };
+    let (files, resumed_bytes) =
+        store_files(dir, &record, &options, parent.as_ref(), &check, progress)?;
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        store_kind: record.store_kind,
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        backup_ts: record.backup_ts,
+        fast_forward_ts: record.fast_forward_ts,
+        oldest_complete_ts: record.oldest_complete_ts.min(record.backup_ts),
+        compression: if record.compress {
+            Compression::Zstd
+        } else {
+            Compression::None
+        },
+        files,
+        parent: record.parent,
+        encryption: options.encrypt.as_ref().map(|k| Encryption {
+            algorithm: crate::crypt::ALGORITHM.to_owned(),
+            key_fingerprint: k.fingerprint().to_owned(),
+        }),
+    };
+    manifest.write(dir)?;
+    remove_if_present(&dir.join(SNAPSHOT_RECORD))?;
+    remove_if_present(&dir.join(STORE_JOURNAL))?;
+    tracing::info!(dir = %dir.display(), files = manifest.files.len(), bytes = manifest.total_size(), resumed_bytes, "backup complete");
+    Ok(BackupReport {
+        manifest,
+        resumed_bytes,
+    })
+}
+
+impl SnapshotRecord {
+    /// A resumed backup must store the rest of the files as the interrupted run stored the
+    /// first ones.
+    fn check_options(
+        &self,
+        dir: &Path,
+        options: &BackupOptions,
+        parent: Option<&Parent>,
+    ) -> Result<()> {
+        let fingerprint = options.encrypt.as_ref().map(|k| k.fingerprint().to_owned());
+        let differs = if self.compress != options.compress {
+            Some(format!(
+                "--compress {}",
+                if self.compress { "on" } else { "off" }
+            ))
+        } else if self.key_fingerprint != fingerprint {
+            Some(
+                self.key_fingerprint
+                    .as_ref()
+                    .map_or("no --encrypt-key-file".to_owned(), |f| {
+                        format!("--encrypt-key-file with the key of fingerprint {f}")
+                    }),
+            )
+        } else if self.parent.as_ref() != parent {
+            Some(
+                self.parent
+                    .as_ref()
+                    .map_or("no --incremental-from".to_owned(), |p| {
+                        format!("--incremental-from {}", p.dir)
+                    }),
+            )
+        } else {
+            None
+        };
+        match differs {
+            None => Ok(()),
+            Some(was) => Err(BackupError::Store(format!(
+                "{} holds an interrupted backup taken with {was}; run it again with the same options to resume it, or remove the directory to start over",
+                dir.display()
+            ))),
+        }
+    }
+}
+
+fn read_record(dir: &Path) -> Result<Option<SnapshotRecord>> {
+    let path = dir.join(SNAPSHOT_RECORD);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| BackupError::Corrupt {
+                dir: dir.to_path_buf(),
+                detail: format!(
+                    "{SNAPSHOT_RECORD} is unreadable ({e}); remove the directory to start over"
+                ),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("cannot read", &path)(e)),
+    }
+}
+
+/// Removes everything in `dir` but `keep`: what an interrupted run left before its snapshot
+/// was complete.
+fn clear_all_but(dir: &Path, keep: &str) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io("cannot list", dir))? {
+        let entry = entry.map_err(io("cannot list", dir))?;
+        if entry.file_name() == keep {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(io("cannot clear the interrupted backup's", &path))?;
+    }
+    Ok(())
+}
+
+/// Releases the backup lock if the interrupted run (now dead: its directory lock is ours)
+/// still holds it, so the re-run need not wait for the lease to run out.
+fn take_over_lock(owner: &dyn StoreOwner, interrupted_holder: &str) -> Result<()> {
+    let status = owner.backup_lock_status()?;
+    if let Some(held) = status.held.filter(|h| h.holder == interrupted_holder) {
+        tracing::warn!(holder = %held.holder, "backup: releasing the backup lock left by the interrupted run of this backup");
+        owner.release_backup_lock()?;
+    }
+    Ok(())
+}
+
+/// The locked steps: sweep timestamp, B, raw snapshot, F; the lock is released on every path.
+fn take_snapshot(
+    owner: &dyn StoreOwner,
+    dir: &Path,
+    holder: &str,
+    options: &BackupOptions,
+    parent: Option<&(Parent, Manifest)>,
+    check: &dyn Fn() -> Result<()>,
+) -> Result<SnapshotRecord> {
+    owner.acquire_backup_lock(holder, "ortelius backup", Some(BACKUP_LOCK_LEASE))?;
     let store = dir.join(STORE_DIR);
     let taken = (|| -> Result<_> {
         check()?;
@@ -170,77 +382,131 @@ pub fn backup_cancellable(
         store_kind = %snapshot.store_kind,
         "backup: snapshot taken under the backup lock; lock released"
     );
+    let files = list_files(&store)?
+        .into_iter()
+        .map(|rel| {
+            let size = std::fs::metadata(store.join(&rel))
+                .map_err(io("cannot inspect", &store.join(&rel)))?
+                .len();
+            Ok(RawFile {
+                path: rel.to_string_lossy().into_owned(),
+                size,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SnapshotRecord {
+        store_kind: snapshot.store_kind,
+        backup_ts,
+        fast_forward_ts,
+        oldest_complete_ts,
+        origins: snapshot.origins,
+        files,
+        compress: options.compress,
+        key_fingerprint: options.encrypt.as_ref().map(|k| k.fingerprint().to_owned()),
+        parent: parent.map(|(p, _)| p.clone()),
+    })
+}
 
-    let mut paths = list_files(&store)?;
-    // Each file is replaced in place by its transformed form (`<name>.zst`, `<name>.enc`).
-    let mut rewrite = |step: &str, transform: &dyn Fn(&Path) -> Result<PathBuf>| -> Result<()> {
-        let total = total_size(&store, &paths);
-        let mut done = 0;
-        for rel in &mut paths {
-            check()?;
-            done += std::fs::metadata(store.join(&*rel)).map_or(0, |m| m.len());
-            *rel = transform(rel)?;
-            progress(step, done, total);
-        }
-        Ok(())
-    };
-    let compression = if options.compress {
-        rewrite("compressing", &|rel| compress_in_place(&store, rel))?;
-        Compression::Zstd
-    } else {
-        Compression::None
-    };
-    if let Some(key) = &options.encrypt {
-        rewrite("encrypting", &|rel| encrypt_in_place(&store, rel, key))?;
-    }
-    let total = total_size(&store, &paths);
+/// Stores each raw file as it is kept (compressed, then encrypted), checksums it and journals
+/// it; the raw file is removed only after its journal line. Returns the manifest's entries and
+/// the bytes an interrupted run had already stored.
+///
+/// Crash safety: outputs are written as `<name>.part` and renamed once synced, so a file not in
+/// the journal is redone from its raw file, which is still there.
+fn store_files(
+    dir: &Path,
+    record: &SnapshotRecord,
+    options: &BackupOptions,
+    parent: Option<&(Parent, Manifest)>,
+    check: &dyn Fn() -> Result<()>,
+    progress: Progress<'_>,
+) -> Result<(Vec<FileEntry>, u64)> {
+    let store = dir.join(STORE_DIR);
+    let mut journal = Journal::<Stored>::open(&dir.join(STORE_JOURNAL), |s| s.raw.clone())?;
+    let resumed_bytes: u64 = record
+        .files
+        .iter()
+        .filter(|f| journal.get(&f.path).is_some())
+        .map(|f| f.size)
+        .sum();
+    let total = record
+        .files
+        .iter()
+        .map(|f| f.size)
+        .sum::<u64>()
+        .saturating_sub(resumed_bytes);
     let mut done = 0u64;
-    let mut files = Vec::with_capacity(paths.len());
-    for rel in paths {
+    let mut entries = Vec::with_capacity(record.files.len());
+    for raw in &record.files {
+        let source = store.join(&raw.path);
+        if let Some(stored) = journal.get(&raw.path) {
+            // Finished before the interruption; only the raw file's removal may be missing.
+            if stored.entry.path != raw.path {
+                remove_if_present(&source)?;
+            }
+            if stored.entry.in_parent {
+                remove_if_present(&store.join(&stored.entry.path))?;
+            }
+            entries.push(stored.entry.clone());
+            continue;
+        }
         check()?;
-        let (size, sha256) = sha256_file(&store.join(&rel), &mut |n| {
-            done += n;
-            progress("checksumming", done, total);
-        })?;
-        let path = rel.to_string_lossy().into_owned();
-        let in_parent = parent.as_ref().is_some_and(|(_, p)| {
+        let mut name = raw.path.clone();
+        let mut input = source.clone();
+        let mut scratch = Vec::new();
+        if options.compress {
+            name.push_str(".zst");
+            let out = store.join(format!("{name}.part"));
+            compress_file(&input, &out)?;
+            (input, scratch) = (out.clone(), vec![out]);
+        }
+        if let Some(key) = &options.encrypt {
+            name.push_str(".enc");
+            let out = store.join(format!("{name}.part"));
+            encrypt_file(&input, &out, key)?;
+            input = out;
+        }
+        let stored = store.join(&name);
+        if input != source {
+            std::fs::rename(&input, &stored).map_err(io("cannot write", &stored))?;
+        }
+        for leftover in scratch.iter().filter(|p| **p != input) {
+            remove_if_present(leftover)?;
+        }
+        let (size, sha256) = sha256_file(&stored, &mut |_| {})?;
+        let in_parent = parent.is_some_and(|(_, p)| {
             p.files
                 .iter()
-                .any(|f| f.path == path && f.size == size && f.sha256 == sha256)
+                .any(|f| f.path == name && f.size == size && f.sha256 == sha256)
         });
-        if in_parent {
-            let stored = store.join(&rel);
-            std::fs::remove_file(&stored).map_err(io("cannot remove", &stored))?;
-        }
-        let node = snapshot
+        let node = record
             .origins
             .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .find(|(prefix, _)| name.starts_with(prefix.as_str()))
             .map(|(_, node)| node.clone());
-        files.push(FileEntry {
-            path,
+        let entry = FileEntry {
+            path: name.clone(),
             size,
             sha256,
             node,
             in_parent,
-        });
+        };
+        journal.record(
+            raw.path.clone(),
+            Stored {
+                raw: raw.path.clone(),
+                entry: entry.clone(),
+            },
+        )?;
+        if stored != source {
+            remove_if_present(&source)?;
+        }
+        if in_parent {
+            remove_if_present(&stored)?;
+        }
+        entries.push(entry);
+        done += raw.size;
+        progress("storing", done, total);
     }
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        store_kind: snapshot.store_kind,
-        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-        backup_ts,
-        fast_forward_ts,
-        oldest_complete_ts: oldest_complete_ts.min(backup_ts),
-        compression,
-        files,
-        parent: parent.map(|(p, _)| p),
-        encryption: options.encrypt.as_ref().map(|k| Encryption {
-            algorithm: crate::crypt::ALGORITHM.to_owned(),
-            key_fingerprint: k.fingerprint().to_owned(),
-        }),
-    };
-    manifest.write(dir)?;
-    tracing::info!(dir = %dir.display(), files = manifest.files.len(), bytes = manifest.total_size(), "backup complete");
-    Ok(manifest)
+    Ok((entries, resumed_bytes))
 }

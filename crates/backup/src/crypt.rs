@@ -9,7 +9,7 @@
 //! record only its fingerprint.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -105,28 +105,24 @@ fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Encrypts `root/rel` into `root/rel.enc` and removes the original; returns the new path.
-pub(crate) fn encrypt_in_place(root: &Path, rel: &Path, key: &BackupKey) -> Result<PathBuf> {
-    let plain = root.join(rel);
-    let sealed_rel = PathBuf::from(format!("{}.enc", rel.display()));
-    let sealed = root.join(&sealed_rel);
-    let size = std::fs::metadata(&plain)
-        .map_err(io("cannot read", &plain))?
+/// Encrypts `plain` into `sealed` (synced); the source is kept.
+pub(crate) fn encrypt_file(plain: &Path, sealed: &Path, key: &BackupKey) -> Result<()> {
+    let size = std::fs::metadata(plain)
+        .map_err(io("cannot read", plain))?
         .len();
     let chunks = size.div_ceil(CHUNK as u64).max(1);
-    let mut reader = std::fs::File::open(&plain).map_err(io("cannot read", &plain))?;
-    let mut writer = std::io::BufWriter::new(
-        std::fs::File::create(&sealed).map_err(io("cannot write", &sealed))?,
-    );
+    let mut reader = std::fs::File::open(plain).map_err(io("cannot read", plain))?;
+    let mut writer =
+        std::io::BufWriter::new(std::fs::File::create(sealed).map_err(io("cannot write", sealed))?);
     let mut prefix = [0u8; PREFIX];
     getrandom(&mut prefix)?;
     writer
         .write_all(MAGIC)
         .and_then(|()| writer.write_all(&prefix))
-        .map_err(io("cannot write", &sealed))?;
+        .map_err(io("cannot write", sealed))?;
     let mut buf = vec![0u8; CHUNK];
     for chunk in 0..chunks {
-        let n = fill(&mut reader, &mut buf).map_err(io("cannot read", &plain))?;
+        let n = fill(&mut reader, &mut buf).map_err(io("cannot read", plain))?;
         let last = chunk + 1 == chunks;
         let sealed_chunk = key
             .cipher
@@ -140,15 +136,13 @@ pub(crate) fn encrypt_in_place(root: &Path, rel: &Path, key: &BackupKey) -> Resu
             .map_err(|_| BackupError::Store(format!("cannot encrypt {}", plain.display())))?;
         writer
             .write_all(&sealed_chunk)
-            .map_err(io("cannot write", &sealed))?;
+            .map_err(io("cannot write", sealed))?;
     }
     writer
         .into_inner()
         .map_err(|e| BackupError::Store(format!("cannot write {}: {e}", sealed.display())))?
         .sync_all()
-        .map_err(io("cannot sync", &sealed))?;
-    std::fs::remove_file(&plain).map_err(io("cannot remove", &plain))?;
-    Ok(sealed_rel)
+        .map_err(io("cannot sync", sealed))
 }
 
 fn getrandom(buf: &mut [u8]) -> Result<()> {
@@ -214,8 +208,8 @@ mod tests {
         for size in [0usize, 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5] {
             let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
             std::fs::write(dir.path().join("f"), &data).unwrap();
-            let rel = encrypt_in_place(dir.path(), Path::new("f"), &key).unwrap();
-            let sealed = dir.path().join(&rel);
+            let sealed = dir.path().join("f.enc");
+            encrypt_file(&dir.path().join("f"), &sealed, &key).unwrap();
             let mut out = Vec::new();
             assert_eq!(decrypt(&sealed, &key, Some(&mut out)).unwrap(), size as u64);
             assert_eq!(out, data);
@@ -271,8 +265,10 @@ mod tests {
         }
         let key = BackupKey::from_bytes(&[3u8; 32]);
         let before = peak_rss_kib();
-        let rel = encrypt_in_place(dir.path(), Path::new("big"), &key).unwrap();
-        let plain = decrypt(&dir.path().join(rel), &key, Some(&mut std::io::sink())).unwrap();
+        let (big, sealed) = (dir.path().join("big"), dir.path().join("big.enc"));
+        encrypt_file(&big, &sealed, &key).unwrap();
+        std::fs::remove_file(&big).unwrap();
+        let plain = decrypt(&sealed, &key, Some(&mut std::io::sink())).unwrap();
         let grown = peak_rss_kib().saturating_sub(before);
         assert_eq!(plain, mib << 20);
         eprintln!("{mib} MiB encrypted and decrypted; peak memory grew by {grown} KiB");

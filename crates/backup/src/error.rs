@@ -18,7 +18,7 @@ pub enum BackupError {
     NotEmpty { path: PathBuf, hint: &'static str },
     #[error("{target} is not empty; restore into an empty store, or pass --force to replace its contents")]
     TargetInUse { target: String },
-    #[error("{} is an incomplete backup (started, never finished): it cannot be restored; take a new backup", .0.display())]
+    #[error("{} is an incomplete backup (started, never finished): it cannot be restored; run the same backup command again to finish it, or take a new backup", .0.display())]
     Incomplete(PathBuf),
     #[error("{} is not a backup (no {MANIFEST})", .0.display())]
     NotABackup(PathBuf),
@@ -40,8 +40,12 @@ pub enum BackupError {
         oldest: Timestamp,
         backup_ts: Timestamp,
     },
-    #[error("cancelled; the backup lock was released and {MANIFEST} not written (run the backup again to start over)")]
+    #[error("cancelled; the backup lock was released and {MANIFEST} not written (run the same backup command again to resume)")]
     Cancelled,
+    #[error("another backup is writing into {} right now; wait for it, or choose another directory", .dir.display())]
+    Busy { dir: PathBuf },
+    #[error("another restore of this backup is assembling its files in {} right now; wait for it to finish", .dir.display())]
+    RestoreBusy { dir: PathBuf },
     /// The store's owner refused or failed a step.
     #[error(transparent)]
     Owner(#[from] crate::owner::OwnerError),

@@ -54,15 +54,6 @@ pub(crate) fn list_files(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Total size of the files (relative to `root`).
-pub(crate) fn total_size(root: &Path, files: &[PathBuf]) -> u64 {
-    files
-        .iter()
-        .filter_map(|p| std::fs::metadata(root.join(p)).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
 pub(crate) fn is_empty_dir(dir: &Path) -> Result<bool> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => Ok(entries.next().is_none()),
@@ -85,16 +76,12 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io("cannot write", path))
 }
 
-/// Compresses `root/rel` into `root/rel.zst` and removes the original; returns the new path.
-pub(crate) fn compress_in_place(root: &Path, rel: &Path) -> Result<PathBuf> {
-    let plain = root.join(rel);
-    let packed_rel = PathBuf::from(format!("{}.zst", rel.display()));
-    let packed = root.join(&packed_rel);
-    let reader = std::fs::File::open(&plain).map_err(io("cannot read", &plain))?;
-    let writer = std::fs::File::create(&packed).map_err(io("cannot write", &packed))?;
-    zstd::stream::copy_encode(reader, writer, 3).map_err(io("cannot compress", &plain))?;
-    std::fs::remove_file(&plain).map_err(io("cannot remove", &plain))?;
-    Ok(packed_rel)
+/// Compresses `from` into `to` (synced); the source is kept.
+pub(crate) fn compress_file(from: &Path, to: &Path) -> Result<()> {
+    let reader = std::fs::File::open(from).map_err(io("cannot read", from))?;
+    let mut writer = std::fs::File::create(to).map_err(io("cannot write", to))?;
+    zstd::stream::copy_encode(reader, &mut writer, 3).map_err(io("cannot compress", from))?;
+    writer.sync_all().map_err(io("cannot sync", to))
 }
 
 /// Decompresses `from` (a `.zst` file) into `to`; returns the bytes written.
@@ -105,6 +92,7 @@ pub(crate) fn decompress(from: &Path, to: &Path) -> std::io::Result<u64> {
     let reader = std::fs::File::open(from)?;
     let mut writer = std::fs::File::create(to)?;
     zstd::stream::copy_decode(reader, &mut writer)?;
+    writer.sync_all()?;
     writer.metadata().map(|m| m.len())
 }
 
@@ -115,7 +103,9 @@ pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
         std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
     }
     if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to).map_err(io("cannot copy", from))?;
+        std::fs::copy(from, to)
+            .and_then(|_| std::fs::File::open(to)?.sync_all())
+            .map_err(io("cannot copy", from))?;
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 //!
 //! A backup directory holds `BACKUP-STARTED` (written first), `store/` (the backend's raw
 //! snapshot) and `manifest.json` (written last, atomically). A directory with the marker but no
-//! manifest is an incomplete backup, and is never restored.
+//! manifest is an incomplete backup, and is never restored; while it is written it also holds
+//! `SNAPSHOT-TAKEN.json` and `STORED-FILES.journal`, from which an interrupted backup resumes
+//! (see `resume.rs`).
 //!
 //! The runbook here is engine-neutral: live steps go through a [`StoreOwner`] (a running
 //! process's management API, or the store opened directly), raw snapshots through the
@@ -11,10 +13,13 @@
 //! through `ortelius-backends`.
 //!
 //! - [`backup`](backup::backup_cancellable): lock → sweep timestamp → B → raw snapshot → F →
-//!   release → checksums → manifest.
+//!   release → snapshot record → store files (journaled) → manifest.
 //! - [`verify`](verify::verify), [`verify_deep`](verify::verify_deep).
-//! - [`restore`](restore::restore_with): verify → load into an empty target (marked) → clean
-//!   transactions from B → fast-forward to F → release the persisted lock → unmark.
+//! - [`restore`](restore::restore_with): verify → assemble (journaled) → load into an empty
+//!   target (marked with the backup's identity) → clean transactions from B → fast-forward to F
+//!   → release the persisted lock → unmark. A re-run resumes the assembly and, where the backend
+//!   can, the load; a target already loaded from the same backup goes straight to the steps
+//!   after the load.
 
 mod backup;
 mod crypt;
@@ -24,13 +29,15 @@ mod manifest;
 mod owner;
 mod progress;
 mod restore;
+mod resume;
 mod verify;
 
-pub use backup::{backup, backup_cancellable, BackupOptions, BACKUP_LOCK_LEASE};
+pub use backup::{backup, backup_cancellable, BackupOptions, BackupReport, BACKUP_LOCK_LEASE};
 pub use crypt::BackupKey;
 pub use error::BackupError;
 pub use manifest::{
-    Compression, FileEntry, Manifest, FORMAT_VERSION, MANIFEST, STARTED_MARKER, STORE_DIR,
+    Compression, FileEntry, Manifest, FORMAT_VERSION, MANIFEST, SNAPSHOT_RECORD, STARTED_MARKER,
+    STORE_DIR, STORE_JOURNAL,
 };
 pub use owner::{
     DirectOwner, OwnerError, ScanAnswer, ScanRequest, SnapshotTaken, StoreOwner, SweepSummary,

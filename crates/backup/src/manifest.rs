@@ -24,6 +24,11 @@ pub const FORMAT_VERSION: u64 = 1;
 pub const MANIFEST: &str = "manifest.json";
 /// Written first: a directory with it and no manifest is an incomplete backup.
 pub const STARTED_MARKER: &str = "BACKUP-STARTED";
+/// Written once the raw snapshot is complete (B, F, its files); removed with the journal once
+/// the manifest is written. A backup interrupted after it resumes from it.
+pub const SNAPSHOT_RECORD: &str = "SNAPSHOT-TAKEN.json";
+/// The files stored so far, one line each, while a backup stores its snapshot's files.
+pub const STORE_JOURNAL: &str = "STORED-FILES.journal";
 /// The subdirectory holding the raw snapshot's files.
 pub const STORE_DIR: &str = "store";
 

@@ -10,8 +10,9 @@ use crate::crypt::{self, BackupKey};
 use crate::error::{io, BackupError, Result};
 use crate::files::link_or_copy;
 use crate::files::{decompress, sha256_file};
-use crate::manifest::{Chain, Compression, Manifest};
+use crate::manifest::{Chain, Compression, FileEntry, Manifest};
 use crate::progress::{no_progress, Progress};
+use crate::resume::{lock_file, remove_if_present, Journal};
 
 /// Checks a backup: manifest present and readable, every file present with its size and
 /// checksum — for an incremental backup, in whichever backup of its chain stores it. An
@@ -32,6 +33,17 @@ pub fn verify_with(
     key: Option<&BackupKey>,
     progress: Progress<'_>,
 ) -> Result<Manifest> {
+    verify_files(dir, key, progress, &|_| false)
+}
+
+/// [`verify_with`], except for the files `skip` names (already checked, e.g. by an
+/// interrupted restore).
+pub(crate) fn verify_files(
+    dir: &Path,
+    key: Option<&BackupKey>,
+    progress: Progress<'_>,
+    skip: &dyn Fn(&FileEntry) -> bool,
+) -> Result<Manifest> {
     let chain = Chain::load(dir)?;
     let manifest = chain.manifest().clone();
     manifest.check_key(dir, key)?;
@@ -39,7 +51,12 @@ pub fn verify_with(
         dir: dir.to_path_buf(),
         detail,
     };
-    let total = manifest.total_size();
+    let total = manifest
+        .files
+        .iter()
+        .filter(|f| !skip(f))
+        .map(|f| f.size)
+        .sum();
     let mut done = 0u64;
     for file in &manifest.files {
         if Path::new(&file.path)
@@ -50,6 +67,9 @@ pub fn verify_with(
                 "{} is not a path inside the backup",
                 file.path
             )));
+        }
+        if skip(file) {
+            continue;
         }
         let path = chain.locate(file)?;
         if !path.exists() {
@@ -72,65 +92,116 @@ pub fn verify_with(
     Ok(manifest)
 }
 
-/// The raw snapshot of a verified backup as plain files: the backup's own `store/` when it
-/// holds every file as taken, else a copy in `scratch` (files of an incremental backup's chain
-/// hard-linked where possible, encrypted ones decrypted, compressed ones decompressed).
-pub(crate) fn raw_snapshot(
-    dir: &Path,
-    manifest: &Manifest,
-    key: Option<&BackupKey>,
-    scratch: &Path,
-    progress: Progress<'_>,
-) -> Result<PathBuf> {
-    if manifest.parent.is_none()
-        && manifest.compression == Compression::None
-        && manifest.encryption.is_none()
-    {
-        return Ok(dir.join(crate::manifest::STORE_DIR));
+/// Whether a backup's files must be assembled (from its chain, decrypted, decompressed)
+/// before a backend can read them as a raw snapshot.
+pub(crate) fn needs_assembly(manifest: &Manifest) -> bool {
+    manifest.parent.is_some()
+        || manifest.compression != Compression::None
+        || manifest.encryption.is_some()
+}
+
+/// A backup's raw snapshot as plain files in a scratch directory (`files/`), with a journal of
+/// the files already there (`ASSEMBLED.journal`) so an interrupted restore keeps them, and a
+/// lock so two restores of one backup do not assemble into the same place.
+pub(crate) struct Assembly {
+    root: PathBuf,
+    _lock: std::fs::File,
+    journal: Journal<String>,
+}
+
+impl Assembly {
+    pub(crate) fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root.join("files")).map_err(io("cannot create", root))?;
+        let lock = lock_file(&root.join("LOCK"), || BackupError::RestoreBusy {
+            dir: root.to_path_buf(),
+        })?;
+        let journal = Journal::open(&root.join("ASSEMBLED.journal"), Clone::clone)?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            _lock: lock,
+            journal,
+        })
     }
-    manifest.check_key(dir, key)?;
-    let chain = Chain::load(dir)?;
-    let corrupt = |detail: String| BackupError::Corrupt {
-        dir: dir.to_path_buf(),
-        detail,
-    };
-    let total = manifest.total_size();
-    let mut done = 0;
-    for file in &manifest.files {
-        let mut from = chain.locate(file)?;
-        let mut name = file.path.as_str();
-        // Decrypted into a temporary file when it still needs decompressing.
-        let mut decrypted = None;
-        if let (Some(_), Some(key)) = (&manifest.encryption, key) {
-            name = name.trim_end_matches(".enc");
-            let to = scratch.join(name);
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+
+    /// Whether `file` is already assembled (and was verified when it was).
+    pub(crate) fn has(&self, file: &FileEntry) -> bool {
+        self.journal.get(&file.path).is_some()
+    }
+
+    /// Assembles every file of the verified backup `dir` not yet assembled: files of an
+    /// incremental backup's chain hard-linked where possible, encrypted ones decrypted,
+    /// compressed ones decompressed. Returns the raw snapshot's directory and the bytes (as
+    /// stored) an interrupted run had already assembled.
+    pub(crate) fn fill(
+        &mut self,
+        dir: &Path,
+        manifest: &Manifest,
+        key: Option<&BackupKey>,
+        progress: Progress<'_>,
+    ) -> Result<(PathBuf, u64)> {
+        manifest.check_key(dir, key)?;
+        let chain = Chain::load(dir)?;
+        let corrupt = |detail: String| BackupError::Corrupt {
+            dir: dir.to_path_buf(),
+            detail,
+        };
+        let files = self.root.join("files");
+        let reused: u64 = manifest
+            .files
+            .iter()
+            .filter(|f| self.has(f))
+            .map(|f| f.size)
+            .sum();
+        let total = manifest.total_size().saturating_sub(reused);
+        let mut done = 0;
+        for file in &manifest.files {
+            if self.has(file) {
+                continue;
             }
-            let mut out = std::fs::File::create(&to).map_err(io("cannot write", &to))?;
-            crypt::decrypt(&from, key, Some(&mut out))
-                .map_err(|e| corrupt(format!("{}: {e}", file.path)))?;
-            from = to;
-            decrypted = Some(from.clone());
-        }
-        match manifest.compression {
-            Compression::Zstd => {
-                let to = scratch.join(name.trim_end_matches(".zst"));
-                decompress(&from, &to)
-                    .map_err(|e| corrupt(format!("{} does not decompress: {e}", file.path)))?;
-                if let Some(tmp) = decrypted {
-                    std::fs::remove_file(&tmp).map_err(io("cannot remove", &tmp))?;
+            let mut from = chain.locate(file)?;
+            let mut name = file.path.as_str();
+            if let (Some(_), Some(key)) = (&manifest.encryption, key) {
+                name = name.trim_end_matches(".enc");
+                // Decrypted outside `files/` when it still needs decompressing.
+                let to = if manifest.compression == Compression::Zstd {
+                    self.root.join("decrypting")
+                } else {
+                    files.join(name)
+                };
+                create_parent(&to)?;
+                let mut out = std::fs::File::create(&to).map_err(io("cannot write", &to))?;
+                crypt::decrypt(&from, key, Some(&mut out))
+                    .map_err(|e| corrupt(format!("{}: {e}", file.path)))?;
+                out.sync_all().map_err(io("cannot sync", &to))?;
+                from = to;
+            }
+            match manifest.compression {
+                Compression::Zstd => {
+                    let to = files.join(name.trim_end_matches(".zst"));
+                    decompress(&from, &to)
+                        .map_err(|e| corrupt(format!("{} does not decompress: {e}", file.path)))?;
                 }
+                Compression::None if manifest.encryption.is_none() => {
+                    let to = files.join(name);
+                    remove_if_present(&to)?;
+                    link_or_copy(&from, &to)?;
+                }
+                Compression::None => {}
             }
-            Compression::None if decrypted.is_none() => {
-                link_or_copy(&from, &scratch.join(name))?;
-            }
-            Compression::None => {}
+            self.journal.record(file.path.clone(), file.path.clone())?;
+            done += file.size;
+            progress("assembling", done, total);
         }
-        done += file.size;
-        progress("assembling", done, total);
+        remove_if_present(&self.root.join("decrypting"))?;
+        Ok((files, reused))
     }
-    Ok(scratch.to_path_buf())
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(parent) => std::fs::create_dir_all(parent).map_err(io("cannot create", parent)),
+        None => Ok(()),
+    }
 }
 
 /// A scratch directory for a decompressed copy.
@@ -173,7 +244,13 @@ pub fn verify_deep_with(dir: &Path, key: Option<&BackupKey>) -> Result<DeepRepor
         }
     })?;
     let scratch = scratch_dir()?;
-    let raw = raw_snapshot(dir, &manifest, key, scratch.path(), &no_progress)?;
+    let raw = if needs_assembly(&manifest) {
+        Assembly::open(scratch.path())?
+            .fill(dir, &manifest, key, &no_progress)?
+            .0
+    } else {
+        dir.join(crate::manifest::STORE_DIR)
+    };
     let entries = format.verify(&raw).map_err(|e| corrupt(e.to_string()))?;
     let table = TableRef::system(TRANSACTIONS_TABLE).map_err(|e| corrupt(e.to_string()))?;
     let mut transactions = 0u64;

@@ -347,7 +347,7 @@ fn long_steps_report_progress_up_to_their_total(env: &dyn Env) {
     let target = ortelius_backends::restore_target(&env.config("restored")).unwrap();
     restore_with(&dir, &*target, &RestoreOptions::default(), &record).unwrap();
     let seen = seen.into_inner().unwrap();
-    for step in ["checksumming", "verifying", "loading"] {
+    for step in ["storing", "verifying", "loading"] {
         let last = seen
             .iter()
             .rev()
@@ -385,8 +385,9 @@ fn a_rate_limit_slows_the_checksum_pass_to_the_given_rate(env: &dyn Env) {
     let dir = env.root().join("backup");
     let cancel = AtomicBool::new(false);
     let started = std::time::Instant::now();
-    let manifest =
-        backup_cancellable(&owner, &dir, BackupOptions::default(), &cancel, &pace).unwrap();
+    let manifest = backup_cancellable(&owner, &dir, BackupOptions::default(), &cancel, &pace)
+        .unwrap()
+        .manifest;
     let bytes = manifest.total_size();
     assert!(bytes > 400 << 10, "too little data to measure: {bytes}");
     let floor = Duration::from_secs_f64(bytes as f64 / RATE as f64);
@@ -412,7 +413,8 @@ fn a_compressed_backup_verifies_deeply_and_restores(env: &dyn Env) {
         &cancel,
         &ortelius_backup::no_progress,
     )
-    .unwrap();
+    .unwrap()
+    .manifest;
     assert!(
         manifest.compression == Compression::Zstd
             && manifest.files.iter().all(|f| f.path.ends_with(".zst"))
@@ -443,7 +445,8 @@ fn an_incremental_backup_shares_unchanged_files_and_restores_through_its_chain(e
             ..BackupOptions::default()
         },
     )
-    .unwrap();
+    .unwrap()
+    .manifest;
     assert_eq!(manifest.parent.as_ref().unwrap().dir, "../full");
     if env.config("x").kind() == "rocksdb" {
         // The first checkpoint's SST file is immutable and still live: stored once.
@@ -490,6 +493,248 @@ fn a_backup_restores_only_into_a_store_of_its_kind(env: &dyn Env) {
     assert!(matches!(err, BackupError::UnknownStoreKind { .. }), "{err}");
 }
 
+/// Some data in several transactions (a snapshot is then several files: the engine's data and
+/// its metadata).
+fn several_files(m: &TransactionManager, t: &TableRef) {
+    for batch in 0..4 {
+        m.run(|txn| {
+            for i in 0..50 {
+                let value = format!("{batch}-{i}-").repeat(200).into_bytes();
+                txn.put(t, &Cell::new(format!("b{batch}r{i}"), "v").unwrap(), value)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+}
+
+fn options_with(key: &Path) -> BackupOptions {
+    BackupOptions {
+        compress: true,
+        encrypt: Some(ortelius_backup::BackupKey::from_file(key).unwrap()),
+        ..BackupOptions::default()
+    }
+}
+
+fn an_interrupted_backup_resumes_from_its_snapshot_and_stores_only_the_rest(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
+    several_files(&m, &t);
+    let key = env.root().join("key");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    let dir = env.root().join("backup");
+    // Interrupted (as by Ctrl-C) once some bytes are stored.
+    let cancel = AtomicBool::new(false);
+    let stop_after_one = |_: &str, done: u64, _: u64| {
+        if done > 0 {
+            cancel.store(true, Ordering::SeqCst)
+        }
+    };
+    let err =
+        backup_cancellable(&owner, &dir, options_with(&key), &cancel, &stop_after_one).unwrap_err();
+    assert!(matches!(err, BackupError::Cancelled), "{err}");
+    assert_eq!(lock_held(&m), None);
+    assert!(matches!(verify(&dir), Err(BackupError::Incomplete(_))));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(ortelius_backup::SNAPSHOT_RECORD)).unwrap())
+            .unwrap();
+    put(&m, &t, "after the snapshot");
+    // Other options would mix two ways of storing the files: refused, nothing changed.
+    let err = backup_cancellable(
+        &owner,
+        &dir,
+        BackupOptions::default(),
+        &AtomicBool::new(false),
+        &ortelius_backup::no_progress,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("same options"), "{err}");
+    assert!(dir.join(ortelius_backup::SNAPSHOT_RECORD).exists());
+    let report = backup_cancellable(
+        &owner,
+        &dir,
+        options_with(&key),
+        &AtomicBool::new(false),
+        &ortelius_backup::no_progress,
+    )
+    .unwrap();
+    let stored = report.manifest.total_size();
+    assert!(
+        report.resumed_bytes > 0 && report.manifest.files.len() > 1,
+        "{report:?}"
+    );
+    assert_eq!(
+        Some(report.manifest.backup_ts),
+        record["backup_ts"].as_i64(),
+        "the resumed backup is the snapshot the first run took: {stored} bytes"
+    );
+    assert!(!dir.join(ortelius_backup::SNAPSHOT_RECORD).exists());
+    assert!(!dir.join(ortelius_backup::STORE_JOURNAL).exists());
+    let options = RestoreOptions {
+        key: Some(ortelius_backup::BackupKey::from_file(&key).unwrap()),
+        ..RestoreOptions::default()
+    };
+    ortelius_backup::verify_deep_with(&dir, options.key.as_ref()).unwrap();
+    restore_into(env, &dir, "restored", &options).unwrap();
+    let (r, _, rt) = manager(env, "restored");
+    assert!(present(&r, &rt, "b3r49") && !present(&r, &rt, "after the snapshot"));
+}
+
+fn a_backup_interrupted_before_its_snapshot_was_complete_takes_a_new_one(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
+    put(&m, &t, "row");
+    let dir = env.root().join("backup");
+    // A run killed while its snapshot was being taken: the lock still held under its name.
+    std::fs::create_dir_all(dir.join("store")).unwrap();
+    std::fs::write(
+        dir.join(STARTED_MARKER),
+        br#"{"note": "started", "lock_holder": "ortelius backup (pid 4000001)"}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("store").join("half-copied.sst"), b"half").unwrap();
+    let lock = BackupLock::new(m.kvs().clone(), Arc::new(SystemWallClock)).unwrap();
+    lock.acquire(
+        "ortelius backup (pid 4000001)",
+        "ortelius backup",
+        Some(Duration::from_secs(3600)),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let report = backup_cancellable(
+        &owner,
+        &dir,
+        BackupOptions::default(),
+        &AtomicBool::new(false),
+        &ortelius_backup::no_progress,
+    )
+    .unwrap();
+    assert_eq!(report.resumed_bytes, 0);
+    assert!(!dir.join("store").join("half-copied.sst").exists());
+    assert!(report
+        .manifest
+        .files
+        .iter()
+        .all(|f| f.path != "half-copied.sst"));
+    assert_eq!(
+        lock_held(&m),
+        None,
+        "the interrupted run's lock was taken over"
+    );
+    verify(&dir).unwrap();
+    // A lock someone else holds is never taken over.
+    let other = env.root().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join(STARTED_MARKER),
+        br#"{"note": "started", "lock_holder": "ortelius backup (pid 4000002)"}"#,
+    )
+    .unwrap();
+    lock.acquire("an operator", "manual backup", None, Duration::from_secs(1))
+        .unwrap();
+    assert!(backup(&owner, &other).is_err());
+    assert_eq!(lock_held(&m).unwrap().holder, "an operator");
+}
+
+fn a_second_backup_into_a_directory_being_written_is_refused(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
+    put(&m, &t, "row");
+    let dir = env.root().join("backup");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The first backup holds its directory's lock for as long as it runs.
+    let first = std::fs::File::create(dir.join(STARTED_MARKER)).unwrap();
+    first.lock().unwrap();
+    let err = backup(&owner, &dir).unwrap_err();
+    assert!(matches!(err, BackupError::Busy { .. }), "{err}");
+    assert!(
+        dir.join(STARTED_MARKER).exists(),
+        "nothing of the first backup removed"
+    );
+    drop(first);
+    backup(&owner, &dir).unwrap();
+}
+
+fn an_interrupted_restore_keeps_what_it_assembled_and_loaded(env: &dyn Env) {
+    let (m, owner, t) = manager(env, "live");
+    several_files(&m, &t);
+    let dir = env.root().join("backup");
+    let cancel = AtomicBool::new(false);
+    let compressed = BackupOptions {
+        compress: true,
+        ..BackupOptions::default()
+    };
+    backup_cancellable(
+        &owner,
+        &dir,
+        compressed,
+        &cancel,
+        &ortelius_backup::no_progress,
+    )
+    .unwrap();
+    // Two interruptions (a panic stands in for a kill: nothing is cleaned up): in the middle
+    // of assembling, then in the middle of loading.
+    for step in ["assembling", "loading"] {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let die = |s: &str, _: u64, _: u64| {
+            if s == step && calls.fetch_add(1, Ordering::SeqCst) == 1 {
+                panic!("interrupted while {step}");
+            }
+        };
+        let target = ortelius_backends::restore_target(&env.config("restored")).unwrap();
+        let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            restore_with(&dir, &*target, &RestoreOptions::default(), &die)
+        }));
+        assert!(died.is_err(), "the restore was interrupted while {step}");
+    }
+    let report = restore_into(env, &dir, "restored", &RestoreOptions::default()).unwrap();
+    assert!(report.resumed_bytes > 0, "{report:?}");
+    let (r, _, rt) = manager(env, "restored");
+    assert!(present(&r, &rt, "b3r49"));
+}
+
+/// A timestamp authority that is down: the restore fails after its load.
+struct Unreachable;
+
+impl ortelius_timelock::TimestampService for Unreachable {
+    fn fresh_timestamps(
+        &self,
+        _: u32,
+    ) -> Result<ortelius_timelock::TimestampRange, ortelius_timelock::TimestampError> {
+        Err(ortelius_timelock::TimestampError::InvalidRequest(
+            "down".into(),
+        ))
+    }
+    fn fast_forward(
+        &self,
+        _: Timestamp,
+    ) -> Result<ortelius_timelock::FastForward, ortelius_timelock::TimestampError> {
+        Err(ortelius_timelock::TimestampError::InvalidRequest(
+            "down".into(),
+        ))
+    }
+}
+
+fn a_restore_interrupted_after_its_load_finishes_without_loading_again(env: &dyn Env) {
+    let dir = backed_up(env);
+    let failing = RestoreOptions {
+        timestamps: Some(Arc::new(Unreachable)),
+        ..RestoreOptions::default()
+    };
+    assert!(restore_into(env, &dir, "restored", &failing).is_err());
+    let target = ortelius_backends::restore_target(&env.config("restored")).unwrap();
+    assert_eq!(
+        target.state().unwrap(),
+        ortelius_kvs::snapshot::TargetState::UnfinishedRestore
+    );
+    // As of another timestamp the load is redone (the first run cleaned from B already).
+    let report = restore_into(env, &dir, "restored", &RestoreOptions::default()).unwrap();
+    assert!(
+        report.resumed_after_load && report.bytes_loaded == 0,
+        "{report:?}"
+    );
+    let (r, _, rt) = manager(env, "restored");
+    assert!(present(&r, &rt, "before") && !present(&r, &rt, "after"));
+    assert!(r.fresh_timestamp().unwrap() > report.manifest.fast_forward_ts);
+}
+
 macro_rules! backup_scenarios {
     ($env:expr) => {
         backup_scenarios!(@each $env;
@@ -507,6 +752,11 @@ macro_rules! backup_scenarios {
             a_compressed_backup_verifies_deeply_and_restores,
             an_incremental_backup_shares_unchanged_files_and_restores_through_its_chain,
             a_backup_restores_only_into_a_store_of_its_kind,
+            an_interrupted_backup_resumes_from_its_snapshot_and_stores_only_the_rest,
+            a_backup_interrupted_before_its_snapshot_was_complete_takes_a_new_one,
+            a_second_backup_into_a_directory_being_written_is_refused,
+            an_interrupted_restore_keeps_what_it_assembled_and_loaded,
+            a_restore_interrupted_after_its_load_finishes_without_loading_again,
         );
     };
     (@each $env:expr; $($name:ident),* $(,)?) => {

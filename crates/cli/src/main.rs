@@ -140,10 +140,10 @@ enum Command {
 struct BackupArgs {
     #[command(subcommand)]
     action: Option<BackupAction>,
-    /// The backup directory (new or empty).
+    /// The backup directory (new or empty; one holding an interrupted backup is resumed).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Read at most this much per second while checksumming (e.g. 50M, 1G).
+    /// Store at most this much per second (e.g. 50M, 1G).
     #[arg(long, value_parser = args::parse_rate)]
     rate_limit: Option<u64>,
     /// Store the files zstd-compressed.

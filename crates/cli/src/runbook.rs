@@ -221,7 +221,13 @@ pub fn load(config: &AtlasConfig, dir: &Path, force: bool, out: Output) -> Resul
             target.describe()
         );
     }
-    target.load(dir, &|_, _| {})?;
+    // A raw directory has no identity to resume by: this id never matches an earlier load.
+    let once = format!(
+        "kvs load of {} by pid {}",
+        dir.display(),
+        std::process::id()
+    );
+    target.load(dir, &once, &|_, _| {})?;
     let kvs = target.open_restoring()?;
     // The snapshot carries the timestamp-allocator lease of the process it was taken from;
     // nothing runs on this store now, so release it for the runbook's next commands.
@@ -491,7 +497,7 @@ pub fn backup(
     let owner = owner(config)?;
     let bars = Bars::new(rate_limit);
     let progress = |step: &str, done: u64, total: u64| bars.update(step, done, total);
-    let manifest = ortelius_backup::backup_cancellable(
+    let report = ortelius_backup::backup_cancellable(
         &*owner,
         dir,
         BackupOptions {
@@ -503,7 +509,10 @@ pub fn backup(
         &progress,
     );
     bars.finish();
-    let manifest = manifest?;
+    let ortelius_backup::BackupReport {
+        manifest,
+        resumed_bytes,
+    } = report?;
     let elapsed = started.elapsed();
     out.emit(
         &json!({
@@ -512,6 +521,7 @@ pub fn backup(
             "files": manifest.files.len(),
             "bytes": manifest.total_size(),
             "stored_bytes": manifest.stored_size(),
+            "resumed_bytes": resumed_bytes,
             "parent": manifest.parent.as_ref().map(|p| &p.dir),
             "backup_ts": manifest.backup_ts,
             "fast_forward_ts": manifest.fast_forward_ts,
@@ -520,7 +530,7 @@ pub fn backup(
         }),
         || {
             format!(
-                "backup of {} complete in {elapsed:.1?}: {} files, {:.1} MB{}; B = {}, F = {}, every version kept from {}",
+                "backup of {} complete in {elapsed:.1?}: {} files, {:.1} MB{}{}; B = {}, F = {}, every version kept from {}",
                 manifest.store_kind,
                 manifest.files.len(),
                 manifest.total_size() as f64 / 1e6,
@@ -529,6 +539,14 @@ pub fn backup(
                     manifest.stored_size() as f64 / 1e6,
                     p.dir
                 )),
+                if resumed_bytes > 0 {
+                    format!(
+                        "; resumed: {:.1} MB were already stored by the interrupted run",
+                        resumed_bytes as f64 / 1e6
+                    )
+                } else {
+                    String::new()
+                },
                 manifest.backup_ts,
                 manifest.fast_forward_ts,
                 manifest.oldest_complete_ts
@@ -624,17 +642,29 @@ pub fn restore(config: &AtlasConfig, dir: &Path, args: RestoreArgs, out: Output)
             "into": target.describe(),
             "as_of": report.as_of,
             "bytes_loaded": report.bytes_loaded,
+            "resumed_bytes": report.resumed_bytes,
+            "resumed_after_load": report.resumed_after_load,
             "transactions_removed": report.transactions_removed,
             "fast_forward_ts": report.manifest.fast_forward_ts,
             "seconds": elapsed.as_secs_f64(),
         }),
         || {
+            let loaded = if report.resumed_after_load {
+                "the interrupted run had loaded it".to_owned()
+            } else if report.resumed_bytes > 0 {
+                format!(
+                    "loaded {:.1} MB ({:.1} MB of it kept from the interrupted run)",
+                    report.bytes_loaded as f64 / 1e6,
+                    report.resumed_bytes as f64 / 1e6
+                )
+            } else {
+                format!("loaded {:.1} MB", report.bytes_loaded as f64 / 1e6)
+            };
             format!(
-                "restored {} into {} in {elapsed:.1?} as of {}: loaded {:.1} MB, removed {} later transactions, fast-forwarded past {}, released the backup lock",
+                "restored {} into {} in {elapsed:.1?} as of {}: {loaded}, removed {} later transactions, fast-forwarded past {}, released the backup lock",
                 dir.display(),
                 target.describe(),
                 report.as_of,
-                report.bytes_loaded as f64 / 1e6,
                 report.transactions_removed,
                 report.manifest.fast_forward_ts
             )

@@ -963,3 +963,134 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Polls until `found` returns true (a killed step has made progress), up to a minute.
+fn wait_for(what: &str, found: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !found() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "never saw {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn journal_has_sst(journal: &Path) -> bool {
+    std::fs::read_to_string(journal).is_ok_and(|text| text.contains(".sst"))
+}
+
+#[test]
+fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
+    let env = Env::new();
+    let d = env.dir.path();
+    // About 1 MB that compresses poorly, in one SST file (flushed by the checkpoint).
+    env.with_manager(|m, t| {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        m.run(|txn| {
+            for i in 0..1000 {
+                let value: Vec<u8> = (0..128)
+                    .flat_map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state.to_le_bytes()
+                    })
+                    .collect();
+                txn.put(t, &Cell::new(format!("r{i:04}"), "v")?, value)?;
+            }
+            Ok(())
+        })
+        .unwrap()
+    });
+    let backup_dir = d.join("backup");
+    let backup = [
+        "backup",
+        "--dir",
+        path_of(&backup_dir),
+        "--compress",
+        "--rate-limit",
+        "200K",
+    ];
+    // kill -9 once the SST file is stored: the rate limit then holds the run for seconds.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ortelius"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(backup)
+        .spawn()
+        .unwrap();
+    wait_for("the SST file stored", || {
+        journal_has_sst(&backup_dir.join("STORED-FILES.journal"))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    fails(
+        &env.run(&["backup", "verify", "--dir", path_of(&backup_dir)]),
+        "incomplete backup",
+    );
+    let lock = json(&ok(&env.run(&["--json", "backup-lock", "--status"])));
+    assert!(
+        lock["status"]["held"].is_null(),
+        "the lock was released before the files were stored: {lock}"
+    );
+    let resumed = json(&ok(&env.run(&[&["--json"], &backup[..4]].concat())));
+    let (resumed_bytes, total) = (
+        resumed["resumed_bytes"].as_u64().unwrap(),
+        resumed["bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        resumed_bytes > 1_000_000,
+        "the SST file was kept: {resumed}"
+    );
+    assert!(total > 0, "{resumed}");
+    ok(&env.run(&["backup", "verify", "--dir", path_of(&backup_dir), "--deep"]));
+
+    // The restore, killed once the SST file is assembled (decompressed), then run again.
+    let restored = d.join("restored");
+    let config = write(
+        d,
+        "restored.yml",
+        &format!(
+            "atlasdb:\n  keyValueService: {{type: rocksdb, dataDir: {}}}\n",
+            restored.display()
+        ),
+    );
+    let scratch = d.join("tmp");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let restore = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ortelius"));
+        command
+            .env("TMPDIR", &scratch)
+            .args(["--config", &config])
+            .args(extra)
+            .args(["restore", "--dir", path_of(&backup_dir)])
+            .args(["--rate-limit", "200K"]);
+        command
+    };
+    let mut child = restore(&[]).spawn().unwrap();
+    let assembled = || {
+        std::fs::read_dir(&scratch)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| journal_has_sst(&e.path().join("ASSEMBLED.journal")))
+    };
+    wait_for("the SST file assembled", assembled);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let report = json(&ok(&restore(&["--json"]).output().unwrap()));
+    assert!(
+        report["resumed_bytes"].as_u64().unwrap() > 1_000_000,
+        "the assembled SST file was kept: {report}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "the scratch directory is removed once loaded"
+    );
+    let got = ok(&Command::new(env!("CARGO_BIN_EXE_ortelius"))
+        .args(["--config", &config])
+        .args(["kvs", "get", "--table", "bank.accounts", "--row", "r0999"])
+        .output()
+        .unwrap());
+    assert!(got.contains("r0999"), "{got}");
+}

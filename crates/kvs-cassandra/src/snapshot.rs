@@ -14,8 +14,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use ortelius_kvs::snapshot::{
-    mark_restore_in_progress, RestoreTarget, SnapshotFormat, SnapshotInfo, SnapshotProgress,
-    SnapshotSource, TargetState, RESTORE_MARKER_TABLE,
+    mark_restore_in_progress, Loaded, RestoreTarget, SnapshotFormat, SnapshotInfo,
+    SnapshotProgress, SnapshotSource, TargetState, RESTORE_MARKER_TABLE,
 };
 use ortelius_kvs::{Cell, KeyValueService, KvsError, KvsResult, TableRef, Value};
 use serde::{Deserialize, Serialize};
@@ -323,7 +323,12 @@ impl RestoreTarget for CassandraTarget {
         })
     }
 
-    fn load(&self, dir: &Path, progress: SnapshotProgress<'_>) -> KvsResult<()> {
+    fn load(
+        &self,
+        dir: &Path,
+        _snapshot_id: &str,
+        progress: SnapshotProgress<'_>,
+    ) -> KvsResult<Loaded> {
         let catalog = read_catalog(dir)?;
         let targets = nodes(&self.config)?;
         let snapshot_nodes: Vec<PathBuf> = (1..)
@@ -382,7 +387,7 @@ impl RestoreTarget for CassandraTarget {
             }
         }
         progress(total, total);
-        Ok(())
+        Ok(Loaded::default())
     }
 
     fn open_restoring(&self) -> KvsResult<Arc<dyn KeyValueService>> {

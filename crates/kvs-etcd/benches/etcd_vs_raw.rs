@@ -183,7 +183,11 @@ fn backup(s: &Setup) {
         assert!(out.status.success(), "{out:?}");
     });
     let target = EtcdTarget::new(EtcdConfig::new(s.cluster.endpoints(), "/restored")).unwrap();
-    let ours_restore = timed(|| target.load(&dir.path().join("ours"), &|_, _| {}).unwrap());
+    let ours_restore = timed(|| {
+        target
+            .load(&dir.path().join("ours"), "bench", &|_, _| {})
+            .unwrap();
+    });
     let theirs_restore = timed(|| {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Txn, TxnOp};
 use ortelius_kvs::keycodec as keys;
 use ortelius_kvs::snapshot::{
-    mark_restore_in_progress, RestoreTarget, SnapshotFormat, SnapshotInfo, SnapshotProgress,
-    SnapshotSource, TargetState, RESTORE_MARKER_TABLE,
+    mark_restore_in_progress, Loaded, RestoreTarget, SnapshotFormat, SnapshotInfo,
+    SnapshotProgress, SnapshotSource, TargetState, RESTORE_MARKER_TABLE,
 };
 use ortelius_kvs::{Cell, KeyValueService, KvsError, KvsResult, TableRef, Value};
 
@@ -254,7 +254,12 @@ impl RestoreTarget for EtcdTarget {
         })
     }
 
-    fn load(&self, dir: &Path, progress: SnapshotProgress<'_>) -> KvsResult<()> {
+    fn load(
+        &self,
+        dir: &Path,
+        _snapshot_id: &str,
+        progress: SnapshotProgress<'_>,
+    ) -> KvsResult<Loaded> {
         let source = TempMember::start(dir)?;
         let target = EtcdKvs::open(&self.config)?;
         let (target_start, target_end) = store_range(target.config().prefix.as_bytes());
@@ -314,7 +319,7 @@ impl RestoreTarget for EtcdTarget {
             progress(done, total);
         }
         progress(total, total);
-        Ok(())
+        Ok(Loaded::default())
     }
 
     fn open_restoring(&self) -> KvsResult<Arc<dyn KeyValueService>> {

@@ -272,7 +272,11 @@ fn backup(s: &Setup) {
         assert!(st.success());
     });
     let target = PostgresTarget::new(config(&s.pg, "restored")).unwrap();
-    let ours_restore = timed(|| target.load(&dir.path().join("ours"), &|_, _| {}).unwrap());
+    let ours_restore = timed(|| {
+        target
+            .load(&dir.path().join("ours"), "bench", &|_, _| {})
+            .unwrap();
+    });
     s.pg.psql(server::DATABASE, "CREATE DATABASE restored_by_pg_restore");
     let theirs_restore = timed(|| {
         let st = Command::new(s.pg.bin().join("pg_restore"))

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ortelius_kvs::snapshot::{
-    mark_restore_in_progress, RestoreTarget, SnapshotFormat, SnapshotInfo, SnapshotProgress,
-    SnapshotSource, TargetState, RESTORE_MARKER_TABLE,
+    mark_restore_in_progress, Loaded, RestoreTarget, SnapshotFormat, SnapshotInfo,
+    SnapshotProgress, SnapshotSource, TargetState, RESTORE_MARKER_TABLE,
 };
 use ortelius_kvs::{
     validate_name, validate_version_ts, Cell, KeyValueService, KvsError, KvsResult, TableRef, Value,
@@ -334,7 +334,12 @@ impl RestoreTarget for PostgresTarget {
         })
     }
 
-    fn load(&self, dir: &Path, progress: SnapshotProgress<'_>) -> KvsResult<()> {
+    fn load(
+        &self,
+        dir: &Path,
+        _snapshot_id: &str,
+        progress: SnapshotProgress<'_>,
+    ) -> KvsResult<Loaded> {
         let manifest = read_manifest(dir)?;
         let (schema, staging) = (self.config.schema.clone(), self.staging());
         let mut client = connect(&self.config)?;
@@ -417,7 +422,7 @@ impl RestoreTarget for PostgresTarget {
         .and_then(|()| tx.commit())
         .map_err(|e| classify(&self.config.describe(), "swap in the restored schema", Phase::Committing, &e))?;
         progress(total, total);
-        Ok(())
+        Ok(Loaded::default())
     }
 
     fn open_restoring(&self) -> KvsResult<Arc<dyn KeyValueService>> {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ortelius_kvs::snapshot::{
-    mark_restore_in_progress, restore_in_progress, RestoreTarget, SnapshotFormat, SnapshotInfo,
-    SnapshotProgress, SnapshotSource, TargetState,
+    mark_restore_in_progress, restore_in_progress, Loaded, RestoreTarget, SnapshotFormat,
+    SnapshotInfo, SnapshotProgress, SnapshotSource, TargetState,
 };
 use ortelius_kvs::{Cell, KeyValueService, KvsError, KvsResult, TableRef, Value};
 
@@ -114,6 +114,13 @@ impl RocksDbTarget {
             .unwrap_or_else(|| "store".to_owned());
         self.dir.with_file_name(format!(".{name}.restoring"))
     }
+
+    /// Names the snapshot the staging directory is being filled from.
+    fn staging_id(&self) -> PathBuf {
+        let mut staging = self.staging().into_os_string();
+        staging.push(".id");
+        PathBuf::from(staging)
+    }
 }
 
 fn dir_is_empty(dir: &Path) -> KvsResult<bool> {
@@ -130,6 +137,37 @@ fn remove_dir_if_present(dir: &Path) -> KvsResult<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_error("cannot remove", dir, e)),
     }
+}
+
+fn remove_file_if_present(path: &Path) -> KvsResult<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("cannot remove", path, e)),
+    }
+}
+
+/// Writes a small file atomically (temporary file, fsync, rename).
+fn write_synced(path: &Path, bytes: &[u8]) -> KvsResult<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .map_err(|e| io_error("cannot write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_error("cannot write", path, e))
+}
+
+/// Copies `from` to `to` through `to.part`, renamed once synced: `to` is never partial.
+fn copy_synced(from: &Path, to: &Path) -> KvsResult<()> {
+    let mut tmp = to.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    std::fs::copy(from, &tmp).map_err(|e| io_error("cannot copy", from, e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error("cannot sync", &tmp, e))?;
+    std::fs::rename(&tmp, to).map_err(|e| io_error("cannot write", to, e))
 }
 
 /// Files under `dir` (relative paths, sorted) with their sizes.
@@ -169,30 +207,55 @@ impl RestoreTarget for RocksDbTarget {
         }
     }
 
-    fn load(&self, dir: &Path, progress: SnapshotProgress<'_>) -> KvsResult<()> {
+    fn load(
+        &self,
+        dir: &Path,
+        snapshot_id: &str,
+        progress: SnapshotProgress<'_>,
+    ) -> KvsResult<Loaded> {
         let staging = self.staging();
-        remove_dir_if_present(&staging)?;
-        std::fs::create_dir_all(&staging).map_err(|e| io_error("cannot create", &staging, e))?;
+        let id_file = self.staging_id();
+        // Files gathered by an interrupted load of the same snapshot are kept.
+        let resuming =
+            staging.is_dir() && std::fs::read_to_string(&id_file).is_ok_and(|id| id == snapshot_id);
+        if !resuming {
+            remove_dir_if_present(&staging)?;
+            std::fs::create_dir_all(&staging)
+                .map_err(|e| io_error("cannot create", &staging, e))?;
+            write_synced(&id_file, snapshot_id.as_bytes())?;
+        }
         let mut files = Vec::new();
         files_of(dir, dir, &mut files)?;
         files.sort();
         let total: u64 = files.iter().map(|(_, size)| size).sum();
-        let mut done = 0;
+        let (mut done, mut reused_bytes) = (0, 0);
         for (rel, size) in &files {
             let (from, to) = (dir.join(rel), staging.join(rel));
+            done += size;
+            // A file is only ever in place whole (copies are renamed once synced).
+            if resuming && std::fs::metadata(&to).is_ok_and(|m| m.len() == *size) {
+                reused_bytes += size;
+                progress(done, total);
+                continue;
+            }
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| io_error("cannot create", parent, e))?;
             }
+            remove_file_if_present(&to)?;
+            let mut part = to.clone().into_os_string();
+            part.push(".part");
+            remove_file_if_present(Path::new(&part))?;
             // SST files are immutable (RocksDB only ever unlinks them), so on one filesystem a
             // hard link restores them without reading them; everything else is copied.
             let is_sst = rel.extension().is_some_and(|e| e == "sst");
             if !(is_sst && std::fs::hard_link(&from, &to).is_ok()) {
-                std::fs::copy(&from, &to).map_err(|e| io_error("cannot copy", &from, e))?;
+                copy_synced(&from, &to)?;
             }
-            done += size;
             progress(done, total);
         }
+        // Opening the staged store changes its files: from here an interruption starts over.
+        remove_file_if_present(&id_file)?;
         {
             let kvs = RocksDbKvs::open(&staging, &self.config)?;
             mark_restore_in_progress(&kvs, &dir.display().to_string())?;
@@ -202,7 +265,8 @@ impl RestoreTarget for RocksDbTarget {
             std::fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
         }
         std::fs::rename(&staging, &self.dir)
-            .map_err(|e| io_error("cannot move the restored store into", &self.dir, e))
+            .map_err(|e| io_error("cannot move the restored store into", &self.dir, e))?;
+        Ok(Loaded { reused_bytes })
     }
 
     fn open_restoring(&self) -> KvsResult<Arc<dyn KeyValueService>> {

@@ -55,10 +55,18 @@ pub trait SnapshotSource: Send + Sync {
 pub enum TargetState {
     /// Nothing: a restore may go ahead.
     Empty,
-    /// A restore began and did not finish: running it again starts over.
+    /// A restore began and did not finish: running it again finishes it (the same snapshot,
+    /// see [`restore_note`]) or starts over (another one).
     UnfinishedRestore,
     /// A store with data: a restore would replace it.
     HasData,
+}
+
+/// What a [`RestoreTarget::load`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Bytes an interrupted load of the same snapshot had already put in place, kept.
+    pub reused_bytes: u64,
 }
 
 /// A configured store that a snapshot can be restored into (offline).
@@ -67,11 +75,18 @@ pub trait RestoreTarget: Send + Sync {
     /// Where the target is, for messages (a directory, a server and schema, ...).
     fn describe(&self) -> String;
     fn state(&self) -> KvsResult<TargetState>;
-    /// Replaces whatever the target holds with the snapshot in `dir`. When it returns, the
-    /// store is complete and carries the restore marker ([`mark_restore_in_progress`]), so
-    /// nothing uses it before the restore has finished; a crash midway leaves either the old
-    /// state or a marked store, never an unmarked partial one.
-    fn load(&self, dir: &Path, progress: SnapshotProgress<'_>) -> KvsResult<()>;
+    /// Replaces whatever the target holds with the snapshot in `dir`, which `snapshot_id`
+    /// names (the same id always means the same files). When it returns, the store is complete
+    /// and carries the restore marker ([`mark_restore_in_progress`]) with `snapshot_id` as its
+    /// note, so nothing uses it before the restore has finished; a crash midway leaves either
+    /// the old state or a marked store, never an unmarked partial one. A backend may keep the
+    /// work of an interrupted load of the same `snapshot_id` (and says how much in [`Loaded`]).
+    fn load(
+        &self,
+        dir: &Path,
+        snapshot_id: &str,
+        progress: SnapshotProgress<'_>,
+    ) -> KvsResult<Loaded>;
     /// Opens the target for the rest of the restore, despite the marker.
     fn open_restoring(&self) -> KvsResult<Arc<dyn KeyValueService>>;
 }
@@ -122,6 +137,28 @@ pub fn ensure_no_unfinished_restore(kvs: &dyn KeyValueService, store: &str) -> K
         });
     }
     Ok(())
+}
+
+/// Records on the marker that the snapshot `snapshot_id` is completely loaded, so a re-run of
+/// an interrupted restore of the same snapshot need not load it again.
+pub fn mark_loaded(kvs: &dyn KeyValueService, snapshot_id: &str) -> KvsResult<()> {
+    let table = marker_table()?;
+    let cell = Cell::new("restore", "loaded")?;
+    // Timestamp 1: an ordinary version, not the atomic slot the marker's note uses.
+    kvs.put(&table, &[(cell, snapshot_id.as_bytes().to_vec())], 1)
+}
+
+/// The snapshot a marked store was completely loaded from ([`mark_loaded`]), if any.
+pub fn loaded_snapshot(kvs: &dyn KeyValueService) -> KvsResult<Option<String>> {
+    let table = marker_table()?;
+    if !kvs.list_tables()?.contains(&table) {
+        return Ok(None);
+    }
+    let cell = Cell::new("restore", "loaded")?;
+    Ok(kvs
+        .get(&table, &[(cell.clone(), 2)])?
+        .remove(&cell)
+        .map(|v| String::from_utf8_lossy(&v.contents).into_owned()))
 }
 
 /// Removes the restore marker: the last step of a restore.
