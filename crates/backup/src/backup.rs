@@ -453,27 +453,43 @@ fn store_files(
         check()?;
         let mut name = raw.path.clone();
         let mut input = source.clone();
-        let mut scratch = Vec::new();
+        // Progress counts the raw file's bytes, as the first step reads them.
+        let mut read_raw = |n: u64| {
+            done += n;
+            progress("storing", done, total);
+        };
+        // Size and checksum of the stored file, when a transform wrote it.
+        let mut digest = None;
         if options.compress {
             name.push_str(".zst");
             let out = store.join(format!("{name}.part"));
-            compress_file(&input, &out)?;
-            (input, scratch) = (out.clone(), vec![out]);
+            // Synced only if it is what gets stored.
+            let last = options.encrypt.is_none();
+            digest = Some(compress_file(&input, &out, last, &mut read_raw)?);
+            input = out;
         }
         if let Some(key) = &options.encrypt {
             name.push_str(".enc");
             let out = store.join(format!("{name}.part"));
-            encrypt_file(&input, &out, key)?;
+            let on_bytes: &mut dyn FnMut(u64) = if options.compress {
+                &mut |_| {}
+            } else {
+                &mut read_raw
+            };
+            digest = Some(encrypt_file(&input, &out, key, on_bytes)?);
+            if input != source {
+                remove_if_present(&input)?;
+            }
             input = out;
         }
         let stored = store.join(&name);
         if input != source {
             std::fs::rename(&input, &stored).map_err(io("cannot write", &stored))?;
         }
-        for leftover in scratch.iter().filter(|p| **p != input) {
-            remove_if_present(leftover)?;
-        }
-        let (size, sha256) = sha256_file(&stored, &mut |_| {})?;
+        let (size, sha256) = match digest {
+            Some(digest) => digest,
+            None => sha256_file(&stored, &mut read_raw)?,
+        };
         let in_parent = parent.is_some_and(|(_, p)| {
             p.files
                 .iter()
@@ -505,8 +521,6 @@ fn store_files(
             remove_if_present(&stored)?;
         }
         entries.push(entry);
-        done += raw.size;
-        progress("storing", done, total);
     }
     Ok((entries, resumed_bytes))
 }

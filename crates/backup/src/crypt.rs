@@ -16,6 +16,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use sha2::{Digest, Sha256};
 
 use crate::error::{io, BackupError, Result};
+use crate::files::HashingWriter;
 
 /// The algorithm name recorded in manifests.
 pub const ALGORITHM: &str = "xchacha20poly1305-chunked-64k";
@@ -105,44 +106,75 @@ fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Encrypts `plain` into `sealed` (synced); the source is kept.
-pub(crate) fn encrypt_file(plain: &Path, sealed: &Path, key: &BackupKey) -> Result<()> {
+/// Sealed chunks in flight between the sealing and the writing thread.
+const IN_FLIGHT: usize = 8;
+
+/// Encrypts `plain` into `sealed` (synced); the source is kept. Returns the size and SHA-256
+/// of the sealed file, hashed as it is written. Sealing runs on this thread and writing (with
+/// hashing) on another, at most [`IN_FLIGHT`] chunks behind, so both cores work and memory
+/// stays flat. `on_bytes` hears of every chunk read.
+pub(crate) fn encrypt_file(
+    plain: &Path,
+    sealed: &Path,
+    key: &BackupKey,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<(u64, String)> {
     let size = std::fs::metadata(plain)
         .map_err(io("cannot read", plain))?
         .len();
     let chunks = size.div_ceil(CHUNK as u64).max(1);
     let mut reader = std::fs::File::open(plain).map_err(io("cannot read", plain))?;
-    let mut writer =
-        std::io::BufWriter::new(std::fs::File::create(sealed).map_err(io("cannot write", sealed))?);
+    let file = std::fs::File::create(sealed).map_err(io("cannot write", sealed))?;
     let mut prefix = [0u8; PREFIX];
     getrandom(&mut prefix)?;
-    writer
-        .write_all(MAGIC)
-        .and_then(|()| writer.write_all(&prefix))
-        .map_err(io("cannot write", sealed))?;
-    let mut buf = vec![0u8; CHUNK];
-    for chunk in 0..chunks {
-        let n = fill(&mut reader, &mut buf).map_err(io("cannot read", plain))?;
-        let last = chunk + 1 == chunks;
-        let sealed_chunk = key
-            .cipher
-            .encrypt(
-                &BackupKey::nonce(&prefix, chunk),
-                Payload {
-                    msg: &buf[..n],
-                    aad: &[u8::from(last)],
-                },
-            )
-            .map_err(|_| BackupError::Store(format!("cannot encrypt {}", plain.display())))?;
-        writer
-            .write_all(&sealed_chunk)
-            .map_err(io("cannot write", sealed))?;
-    }
-    writer
-        .into_inner()
-        .map_err(|e| BackupError::Store(format!("cannot write {}: {e}", sealed.display())))?
-        .sync_all()
-        .map_err(io("cannot sync", sealed))
+    let (send, receive) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<(u64, String)> {
+            let mut out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+            out.write_all(MAGIC)
+                .and_then(|()| out.write_all(&prefix))
+                .map_err(io("cannot write", sealed))?;
+            for chunk in receive {
+                out.write_all(&chunk).map_err(io("cannot write", sealed))?;
+            }
+            let (buffered, size, sha256) = out.finish();
+            buffered
+                .into_inner()
+                .map_err(|e| BackupError::Store(format!("cannot write {}: {e}", sealed.display())))?
+                .sync_all()
+                .map_err(io("cannot sync", sealed))?;
+            Ok((size, sha256))
+        });
+        let sealing = (|| -> Result<()> {
+            let mut buf = vec![0u8; CHUNK];
+            for chunk in 0..chunks {
+                let n = fill(&mut reader, &mut buf).map_err(io("cannot read", plain))?;
+                on_bytes(n as u64);
+                let last = chunk + 1 == chunks;
+                let sealed_chunk = key
+                    .cipher
+                    .encrypt(
+                        &BackupKey::nonce(&prefix, chunk),
+                        Payload {
+                            msg: &buf[..n],
+                            aad: &[u8::from(last)],
+                        },
+                    )
+                    .map_err(|_| {
+                        BackupError::Store(format!("cannot encrypt {}", plain.display()))
+                    })?;
+                if send.send(sealed_chunk).is_err() {
+                    break; // the writer stopped; its error is the one to report
+                }
+            }
+            Ok(())
+        })();
+        drop(send);
+        let written = writer
+            .join()
+            .map_err(|_| BackupError::Store(format!("writing {} failed", sealed.display())))?;
+        sealing.and(written)
+    })
 }
 
 fn getrandom(buf: &mut [u8]) -> Result<()> {
@@ -209,7 +241,13 @@ mod tests {
             let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
             std::fs::write(dir.path().join("f"), &data).unwrap();
             let sealed = dir.path().join("f.enc");
-            encrypt_file(&dir.path().join("f"), &sealed, &key).unwrap();
+            let (size_sealed, sha) =
+                encrypt_file(&dir.path().join("f"), &sealed, &key, &mut |_| {}).unwrap();
+            assert_eq!(
+                (size_sealed, sha),
+                crate::files::sha256_file(&sealed, &mut |_| {}).unwrap(),
+                "the checksum is of the file as written"
+            );
             let mut out = Vec::new();
             assert_eq!(decrypt(&sealed, &key, Some(&mut out)).unwrap(), size as u64);
             assert_eq!(out, data);
@@ -266,7 +304,7 @@ mod tests {
         let key = BackupKey::from_bytes(&[3u8; 32]);
         let before = peak_rss_kib();
         let (big, sealed) = (dir.path().join("big"), dir.path().join("big.enc"));
-        encrypt_file(&big, &sealed, &key).unwrap();
+        encrypt_file(&big, &sealed, &key, &mut |_| {}).unwrap();
         std::fs::remove_file(&big).unwrap();
         let plain = decrypt(&sealed, &key, Some(&mut std::io::sink())).unwrap();
         let grown = peak_rss_kib().saturating_sub(before);

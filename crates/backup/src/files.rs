@@ -22,8 +22,48 @@ pub(crate) fn sha256_file(path: &Path, on_bytes: &mut dyn FnMut(u64)) -> Result<
         on_bytes(n as u64);
         size += n as u64;
     }
-    let digest = hasher.finalize();
-    Ok((size, digest.iter().map(|b| format!("{b:02x}")).collect()))
+    Ok((size, hex(&hasher.finalize())))
+}
+
+/// Bytes as lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A writer that hashes (SHA-256) and counts what passes through it, so a file's checksum is
+/// known once it is written, without reading it back.
+pub(crate) struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    /// The writer, and the size and SHA-256 (hex) of everything written.
+    pub(crate) fn finish(self) -> (W, u64, String) {
+        (self.inner, self.written, hex(&self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Every file under `root`, as sorted paths relative to it.
@@ -76,12 +116,43 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io("cannot write", path))
 }
 
-/// Compresses `from` into `to` (synced); the source is kept.
-pub(crate) fn compress_file(from: &Path, to: &Path) -> Result<()> {
-    let reader = std::fs::File::open(from).map_err(io("cannot read", from))?;
-    let mut writer = std::fs::File::create(to).map_err(io("cannot write", to))?;
+/// A reader that reports every chunk it reads.
+struct ProgressReader<'a, R> {
+    inner: R,
+    on_bytes: &'a mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.on_bytes)(n as u64);
+        Ok(n)
+    }
+}
+
+/// Compresses `from` into `to` (synced when `sync`); the source is kept; `on_bytes` hears of
+/// every chunk read. Returns the size and SHA-256 of what it wrote.
+pub(crate) fn compress_file(
+    from: &Path,
+    to: &Path,
+    sync: bool,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<(u64, String)> {
+    let reader = ProgressReader {
+        inner: std::fs::File::open(from).map_err(io("cannot read", from))?,
+        on_bytes,
+    };
+    let file = std::fs::File::create(to).map_err(io("cannot write", to))?;
+    let mut writer = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
     zstd::stream::copy_encode(reader, &mut writer, 3).map_err(io("cannot compress", from))?;
-    writer.sync_all().map_err(io("cannot sync", to))
+    let (buffered, size, sha256) = writer.finish();
+    let file = buffered
+        .into_inner()
+        .map_err(|e| BackupError::Store(format!("cannot write {}: {e}", to.display())))?;
+    if sync {
+        file.sync_all().map_err(io("cannot sync", to))?;
+    }
+    Ok((size, sha256))
 }
 
 /// Decompresses `from` (a `.zst` file) into `to`; returns the bytes written.

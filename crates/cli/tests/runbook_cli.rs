@@ -984,25 +984,30 @@ fn journal_has_sst(journal: &Path) -> bool {
 fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
     let env = Env::new();
     let d = env.dir.path();
-    // About 1 MB that compresses poorly, in one SST file (flushed by the checkpoint).
-    env.with_manager(|m, t| {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        m.run(|txn| {
-            for i in 0..1000 {
-                let value: Vec<u8> = (0..128)
-                    .flat_map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state.to_le_bytes()
-                    })
-                    .collect();
-                txn.put(t, &Cell::new(format!("r{i:04}"), "v")?, value)?;
-            }
-            Ok(())
+    // About 1 MB that compresses poorly, in two SST files (each flushed by a checkpoint).
+    let fill = |rows: std::ops::Range<u32>| {
+        env.with_manager(|m, t| {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(rows.start);
+            m.run(|txn| {
+                for i in rows.clone() {
+                    let value: Vec<u8> = (0..128)
+                        .flat_map(|_| {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            state.to_le_bytes()
+                        })
+                        .collect();
+                    txn.put(t, &Cell::new(format!("r{i:04}"), "v")?, value)?;
+                }
+                Ok(())
+            })
+            .unwrap()
         })
-        .unwrap()
-    });
+    };
+    fill(0..500);
+    ok(&env.run(&["backup", "--dir", path_of(&d.join("flushes-the-first"))]));
+    fill(500..1000);
     let backup_dir = d.join("backup");
     let backup = [
         "backup",
@@ -1012,14 +1017,14 @@ fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
         "--rate-limit",
         "200K",
     ];
-    // kill -9 once the SST file is stored: the rate limit then holds the run for seconds.
+    // kill -9 once the first SST file is stored: the second then takes seconds at this rate.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ortelius"))
         .arg("--config")
         .arg(&env.config)
         .args(backup)
         .spawn()
         .unwrap();
-    wait_for("the SST file stored", || {
+    wait_for("an SST file stored", || {
         journal_has_sst(&backup_dir.join("STORED-FILES.journal"))
     });
     child.kill().unwrap();
@@ -1039,13 +1044,12 @@ fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
         resumed["bytes"].as_u64().unwrap(),
     );
     assert!(
-        resumed_bytes > 1_000_000,
-        "the SST file was kept: {resumed}"
+        resumed_bytes > 400_000 && resumed_bytes < total,
+        "the first SST file was kept, the rest stored: {resumed}"
     );
-    assert!(total > 0, "{resumed}");
     ok(&env.run(&["backup", "verify", "--dir", path_of(&backup_dir), "--deep"]));
 
-    // The restore, killed once the SST file is assembled (decompressed), then run again.
+    // The restore, killed once an SST file is assembled (decompressed), then run again.
     let restored = d.join("restored");
     let config = write(
         d,
@@ -1074,12 +1078,12 @@ fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
             .filter_map(Result::ok)
             .any(|e| journal_has_sst(&e.path().join("ASSEMBLED.journal")))
     };
-    wait_for("the SST file assembled", assembled);
+    wait_for("an SST file assembled", assembled);
     child.kill().unwrap();
     child.wait().unwrap();
     let report = json(&ok(&restore(&["--json"]).output().unwrap()));
     assert!(
-        report["resumed_bytes"].as_u64().unwrap() > 1_000_000,
+        report["resumed_bytes"].as_u64().unwrap() > 400_000,
         "the assembled SST file was kept: {report}"
     );
     assert_eq!(
