@@ -107,8 +107,10 @@ impl<'a> RangeScan<'a> {
             let (r, c): (Vec<u8>, Vec<u8>) = (col(row, 0)?, col(row, 1)?);
             let ts: i64 = col(row, 2)?;
             let value = Value::new(col::<Vec<u8>>(row, 3)?, ts);
-            self.cursor = Some((r.clone(), c.clone(), ts));
             self.buffered.push_back((r, c, value));
+        }
+        if let Some((r, c, value)) = self.buffered.back() {
+            self.cursor = Some((r.clone(), c.clone(), value.timestamp));
         }
         Ok(())
     }
