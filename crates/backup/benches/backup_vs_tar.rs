@@ -65,14 +65,7 @@ fn main() {
             let batch: Vec<_> = (0..256)
                 .map(|_| {
                     i += 1;
-                    let value: Vec<u8> = (0..VALUE_LEN / 8)
-                        .flat_map(|_| {
-                            state ^= state << 13;
-                            state ^= state >> 7;
-                            state ^= state << 17;
-                            state.to_le_bytes()
-                        })
-                        .collect();
+                    let value = ortelius_kvs::testing::noise(&mut state, VALUE_LEN / 8);
                     (Cell::new(i.to_be_bytes(), "v").unwrap(), value)
                 })
                 .collect();

@@ -49,15 +49,8 @@ fn main() {
         let batch: Vec<_> = (0..256)
             .map(|_| {
                 i += 1;
-                let value: Vec<u8> = (0..256)
-                    .flat_map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state.to_le_bytes()
-                    })
-                    .chain(std::iter::repeat_n((i % 251) as u8, 2048))
-                    .collect();
+                let mut value = ortelius_kvs::testing::noise(&mut state, 256);
+                value.extend(std::iter::repeat_n((i % 251) as u8, 2048));
                 (Cell::new(i.to_be_bytes(), "v").unwrap(), value)
             })
             .collect();

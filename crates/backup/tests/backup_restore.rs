@@ -366,14 +366,7 @@ fn a_rate_limit_slows_the_checksum_pass_to_the_given_rate(env: &dyn Env) {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     m.run(|txn| {
         for i in 0..128 {
-            let value: Vec<u8> = (0..512)
-                .flat_map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state.to_le_bytes()
-                })
-                .collect();
+            let value = ortelius_kvs::testing::noise(&mut state, 512);
             txn.put(&t, &Cell::new(format!("r{i}"), "v").unwrap(), value)?;
         }
         Ok(())

@@ -990,14 +990,7 @@ fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
             let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(rows.start);
             m.run(|txn| {
                 for i in rows.clone() {
-                    let value: Vec<u8> = (0..128)
-                        .flat_map(|_| {
-                            state ^= state << 13;
-                            state ^= state >> 7;
-                            state ^= state << 17;
-                            state.to_le_bytes()
-                        })
-                        .collect();
+                    let value = ortelius_kvs::testing::noise(&mut state, 128);
                     txn.put(t, &Cell::new(format!("r{i:04}"), "v")?, value)?;
                 }
                 Ok(())

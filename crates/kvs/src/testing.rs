@@ -360,3 +360,16 @@ pub fn parallel(iters: u64, threads: u64, op: impl Fn(usize, u64) + Sync) -> std
     });
     started.elapsed()
 }
+
+/// `words` × 8 bytes of xorshift noise from `state` (which it advances): test data that
+/// neither compression nor RocksDB's block compression shrinks.
+pub fn noise(state: &mut u64, words: usize) -> Vec<u8> {
+    (0..words)
+        .flat_map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            state.to_le_bytes()
+        })
+        .collect()
+}

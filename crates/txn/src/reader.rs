@@ -227,9 +227,7 @@ impl Reader<'_> {
         };
         if starts.iter().all(plain) {
             let statuses = self.inner.txns.load(&starts)?;
-            let visible = |ts: &Timestamp| {
-                matches!(statuses.get(ts), Some(TxnStatus::Committed(commit)) if *commit < self.read_ts)
-            };
+            let visible = |ts: &Timestamp| matches!(statuses.get(ts), Some(TxnStatus::Committed(commit)) if *commit < self.read_ts);
             if starts.iter().all(visible) {
                 return Ok(rows);
             }
