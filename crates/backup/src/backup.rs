@@ -198,6 +198,13 @@ pub fn backup_cancellable(
     let mut marker = lock_file(&marker_path, || BackupError::Busy {
         dir: dir.to_path_buf(),
     })?;
+    // Another backup may have finished here between the check above and taking the lock.
+    if dir.join(MANIFEST).exists() {
+        return Err(BackupError::NotEmpty {
+            path: dir.to_path_buf(),
+            hint: "",
+        });
+    }
     let record = match read_record(dir)? {
         Some(record) => {
             record.check_options(dir, &options, parent.as_ref().map(|(p, _)| p))?;
