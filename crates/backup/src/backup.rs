@@ -14,7 +14,7 @@ use crate::manifest::{
     Chain, Compression, Encryption, FileEntry, Manifest, Parent, FORMAT_VERSION, MANIFEST,
     SNAPSHOT_RECORD, STARTED_MARKER, STORE_DIR, STORE_JOURNAL,
 };
-use crate::owner::StoreOwner;
+use crate::owner::{OwnerError, StoreOwner};
 use crate::progress::{no_progress, Progress};
 use crate::resume::{lock_file, remove_if_present, rewrite, Journal};
 
@@ -347,14 +347,17 @@ fn clear_all_but(dir: &Path, keep: &str) -> Result<()> {
 }
 
 /// Releases the backup lock if the interrupted run (now dead: its directory lock is ours)
-/// still holds it, so the re-run need not wait for the lease to run out.
+/// still holds it, so the re-run need not wait for the lease to run out. A lock anyone else
+/// holds is left alone (the release is conditional on the holder, in one step).
 fn take_over_lock(owner: &dyn StoreOwner, interrupted_holder: &str) -> Result<()> {
-    let status = owner.backup_lock_status()?;
-    if let Some(held) = status.held.filter(|h| h.holder == interrupted_holder) {
-        tracing::warn!(holder = %held.holder, "backup: releasing the backup lock left by the interrupted run of this backup");
-        owner.release_backup_lock()?;
+    match owner.release_backup_lock(Some(interrupted_holder)) {
+        Ok(held) => {
+            tracing::warn!(holder = %held.holder, "backup: released the backup lock left by the interrupted run of this backup");
+            Ok(())
+        }
+        Err(OwnerError::LockNotHeld | OwnerError::LockHeld(_)) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 /// The locked steps: sweep timestamp, B, raw snapshot, F; the lock is released on every path.
@@ -378,7 +381,8 @@ fn take_snapshot(
         let fast_forward_ts = owner.fresh_timestamp()?;
         Ok((oldest, backup_ts, snapshot, fast_forward_ts))
     })();
-    let released = owner.release_backup_lock();
+    // Only our own lock: if it lapsed and someone else took it, theirs is not ours to release.
+    let released = owner.release_backup_lock(Some(holder));
     let (oldest_complete_ts, backup_ts, snapshot, fast_forward_ts) = taken?;
     released?;
     tracing::info!(

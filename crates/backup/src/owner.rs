@@ -120,7 +120,9 @@ impl OwnerError {
 impl From<BackupLockError> for OwnerError {
     fn from(e: BackupLockError) -> Self {
         match e {
-            BackupLockError::AlreadyHeld(_) => Self::LockHeld(e.to_string()),
+            BackupLockError::AlreadyHeld(_) | BackupLockError::HeldByAnother { .. } => {
+                Self::LockHeld(e.to_string())
+            }
             BackupLockError::NotHeld => Self::LockNotHeld,
             BackupLockError::Invalid(m) => Self::Invalid(m),
             other => Self::Failed(other.to_string()),
@@ -143,7 +145,9 @@ pub trait StoreOwner: Send + Sync {
         reason: &str,
         lease: Option<Duration>,
     ) -> Result<BackupLockHolder, OwnerError>;
-    fn release_backup_lock(&self) -> Result<BackupLockHolder, OwnerError>;
+    /// Releases the backup lock: whoever holds it (`None`, the operator's `--release`), or
+    /// only if `holder` does (`LockHeld` otherwise, and the lock is left alone).
+    fn release_backup_lock(&self, holder: Option<&str>) -> Result<BackupLockHolder, OwnerError>;
     fn backup_lock_status(&self) -> Result<BackupLockStatus, OwnerError>;
     /// A raw snapshot of the live store into `dir` (new); with `node`, of that node alone
     /// (stores of several nodes, snapshotted one node at a time as in the seed runbook).
@@ -232,8 +236,8 @@ impl StoreOwner for DirectOwner {
         Ok(self.lock.acquire(holder, reason, lease, LOCK_WAIT)?)
     }
 
-    fn release_backup_lock(&self) -> Result<BackupLockHolder, OwnerError> {
-        Ok(self.lock.release()?)
+    fn release_backup_lock(&self, holder: Option<&str>) -> Result<BackupLockHolder, OwnerError> {
+        Ok(self.lock.release_held_by(holder)?)
     }
 
     fn backup_lock_status(&self) -> Result<BackupLockStatus, OwnerError> {

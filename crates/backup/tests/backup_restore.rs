@@ -260,8 +260,8 @@ impl StoreOwner for CancelDuringSnapshot<'_> {
     ) -> Result<BackupLockHolder, OwnerError> {
         self.inner.acquire_backup_lock(holder, reason, lease)
     }
-    fn release_backup_lock(&self) -> Result<BackupLockHolder, OwnerError> {
-        self.inner.release_backup_lock()
+    fn release_backup_lock(&self, holder: Option<&str>) -> Result<BackupLockHolder, OwnerError> {
+        self.inner.release_backup_lock(holder)
     }
     fn backup_lock_status(&self) -> Result<BackupLockStatus, OwnerError> {
         self.inner.backup_lock_status()

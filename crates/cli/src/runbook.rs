@@ -167,7 +167,7 @@ pub fn backup_lock(config: &AtlasConfig, action: LockAction, out: Output) -> Res
                 format!("backup lock acquired by {}", describe_holder(&held))
             })
         }
-        LockAction::Release { force } => match owner.release_backup_lock() {
+        LockAction::Release { force } => match owner.release_backup_lock(None) {
             Ok(released) => out.emit(&json!({ "released": released }), || {
                 format!(
                     "backup lock released (was held by {})",

@@ -45,6 +45,14 @@ pub struct AcquireRequest {
     pub lease_secs: Option<u64>,
 }
 
+/// `POST /v1/backup-lock/release`: with `holder`, only if it holds the lock. An empty body
+/// releases whoever holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    #[serde(default)]
+    pub holder: Option<String>,
+}
+
 /// `POST /v1/snapshot`: an absolute directory on the server's machine; `node` picks one node
 /// of a store of several.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -231,8 +231,11 @@ impl StoreOwner for ManagementClient {
         self.post(api::LOCK_ACQUIRE, Some(&request))
     }
 
-    fn release_backup_lock(&self) -> Result<BackupLockHolder, OwnerError> {
-        self.post(api::LOCK_RELEASE, None::<&()>)
+    fn release_backup_lock(&self, holder: Option<&str>) -> Result<BackupLockHolder, OwnerError> {
+        let request = api::ReleaseRequest {
+            holder: holder.map(str::to_owned),
+        };
+        self.post(api::LOCK_RELEASE, Some(&request))
     }
 
     fn backup_lock_status(&self) -> Result<BackupLockStatus, OwnerError> {

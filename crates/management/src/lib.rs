@@ -11,7 +11,7 @@
 //! | `POST /v1/timestamp/immutable` | | `{"timestamp": n}` |
 //! | `GET /v1/sweep/timestamp` | | `{"timestamp": n}` |
 //! | `POST /v1/backup-lock/acquire` | `{"holder": s, "reason": s, "lease_secs": n?}` | the holder |
-//! | `POST /v1/backup-lock/release` | | the released holder |
+//! | `POST /v1/backup-lock/release` | `{"holder"?}`: only if it holds the lock | the released holder |
 //! | `GET /v1/backup-lock/status` | | `{"held": holder?, "expired": holder?, "deletions_in_flight": n}` |
 //! | `POST /v1/snapshot` | `{"dir": absolute path, "node": n?}` | `{"store_kind": s, "origins": [[prefix, node]]}` |
 //! | `POST /v1/sweep` | `{"table": "ns.name"?, "dry_run": bool}` | one summary per table |

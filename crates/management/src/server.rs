@@ -273,7 +273,10 @@ fn route(
             };
             answer(&owner.acquire_backup_lock(&request.holder, &request.reason, lease)?)
         }
-        (Method::Post, api::LOCK_RELEASE) => answer(&owner.release_backup_lock()?),
+        (Method::Post, api::LOCK_RELEASE) => {
+            let request: api::ReleaseRequest = parse(body)?;
+            answer(&owner.release_backup_lock(request.holder.as_deref())?)
+        }
         (Method::Get, api::LOCK_STATUS) => answer(&owner.backup_lock_status()?),
         (Method::Post, api::SNAPSHOT) => {
             let request: SnapshotRequest = parse(body)?;
@@ -355,7 +358,10 @@ mod tests {
         ) -> Result<ortelius_txn::BackupLockHolder, OwnerError> {
             Err(OwnerError::Failed("none".to_owned()))
         }
-        fn release_backup_lock(&self) -> Result<ortelius_txn::BackupLockHolder, OwnerError> {
+        fn release_backup_lock(
+            &self,
+            _: Option<&str>,
+        ) -> Result<ortelius_txn::BackupLockHolder, OwnerError> {
             Err(OwnerError::Failed("none".to_owned()))
         }
         fn backup_lock_status(&self) -> Result<ortelius_txn::BackupLockStatus, OwnerError> {

@@ -89,9 +89,16 @@ fn every_owner_operation_works_over_http() {
         }
         other => panic!("second acquire: {other:?}"),
     }
-    assert_eq!(client.release_backup_lock().unwrap().holder, "ops");
+    // A release for another holder leaves the lock alone.
+    match client.release_backup_lock(Some("other")) {
+        Err(OwnerError::LockHeld(message)) => {
+            assert!(message.contains("not by other"), "{message}")
+        }
+        other => panic!("release for another holder: {other:?}"),
+    }
+    assert_eq!(client.release_backup_lock(None).unwrap().holder, "ops");
     assert!(matches!(
-        client.release_backup_lock(),
+        client.release_backup_lock(None),
         Err(OwnerError::LockNotHeld)
     ));
     let swept: Vec<SweepSummary> = client.sweep(None, true).unwrap();

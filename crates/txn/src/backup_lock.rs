@@ -82,6 +82,11 @@ pub enum BackupLockError {
     AlreadyHeld(BackupLockHolder),
     #[error("the backup lock is not held; nothing to release")]
     NotHeld,
+    #[error("the backup lock is held by {} (reason: {}), not by {expected}; it was left alone", .holder.holder, .holder.reason)]
+    HeldByAnother {
+        holder: BackupLockHolder,
+        expected: String,
+    },
     #[error("the backup lock is held by {} (reason: {}): deletions are paused until it is released", .0.holder, .0.reason)]
     DeletionsPaused(BackupLockHolder),
     #[error("deletions still in flight after waiting {0:?}; the lock was not acquired, try again")]
@@ -300,7 +305,25 @@ impl BackupLock {
     /// Returns the holder it released; `NotHeld` if it was not held (an expired holder is
     /// released too, and reported).
     pub fn release(&self) -> Result<BackupLockHolder, BackupLockError> {
-        let released = self.update(|state, _| state.held.take().ok_or(BackupLockError::NotHeld))?;
+        self.release_held_by(None)
+    }
+
+    /// [`release`](Self::release), but with `Some(holder)` only if `holder` holds the lock
+    /// (its lease expired or not): `HeldByAnother` otherwise, and the lock is left alone.
+    pub fn release_held_by(
+        &self,
+        holder: Option<&str>,
+    ) -> Result<BackupLockHolder, BackupLockError> {
+        let released = self.update(|state, _| {
+            let held = state.held.as_ref().ok_or(BackupLockError::NotHeld)?;
+            if let Some(expected) = holder.filter(|h| *h != held.holder) {
+                return Err(BackupLockError::HeldByAnother {
+                    holder: held.clone(),
+                    expected: expected.to_owned(),
+                });
+            }
+            state.held.take().ok_or(BackupLockError::NotHeld)
+        })?;
         tracing::info!(
             holder = %released.holder,
             reason = %released.reason,
@@ -401,6 +424,25 @@ mod tests {
             State::default()
         );
         assert!(State::decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_release_for_one_holder_leaves_anyone_else_s_lock_alone() {
+        let kvs = Arc::new(ortelius_kvs::memory::MemoryKvs::new());
+        let lock = BackupLock::new(kvs, Arc::new(SystemWallClock)).unwrap();
+        assert!(matches!(
+            lock.release_held_by(Some("backup")),
+            Err(BackupLockError::NotHeld)
+        ));
+        lock.acquire("ops", "manual", None, Duration::ZERO).unwrap();
+        let err = lock.release_held_by(Some("backup")).unwrap_err();
+        assert!(
+            matches!(err, BackupLockError::HeldByAnother { .. }),
+            "{err}"
+        );
+        assert_eq!(lock.status().unwrap().held.unwrap().holder, "ops");
+        assert_eq!(lock.release_held_by(Some("ops")).unwrap().holder, "ops");
+        assert!(lock.status().unwrap().held.is_none());
     }
 
     #[test]
