@@ -984,23 +984,31 @@ fn journal_has_sst(journal: &Path) -> bool {
 fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
     let env = Env::new();
     let d = env.dir.path();
-    // About 1 MB that compresses poorly, in two SST files (each flushed by a checkpoint).
-    let fill = |rows: std::ops::Range<u32>| {
-        env.with_manager(|m, t| {
+    // About 1 MB that compresses poorly, in two SST files of the same size: the first half
+    // compacted into level 1, the second flushed into level 0 when the backup opens the store.
+    // Fewer than four level-0 files, so no background compaction can merge them meanwhile.
+    {
+        use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+        let kvs =
+            std::sync::Arc::new(RocksDbKvs::open(env.data(), &RocksDbConfig::default()).unwrap());
+        let m = TransactionManager::embedded(kvs.clone(), TransactionConfig::default()).unwrap();
+        let t = TableRef::new("bank", "accounts").unwrap();
+        m.create_table(&t, TableMetadata::default()).unwrap();
+        let fill = |rows: std::ops::Range<u32>| {
             let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(rows.start);
             m.run(|txn| {
                 for i in rows.clone() {
                     let value = ortelius_kvs::testing::noise(&mut state, 128);
-                    txn.put(t, &Cell::new(format!("r{i:04}"), "v")?, value)?;
+                    txn.put(&t, &Cell::new(format!("r{i:04}"), "v")?, value)?;
                 }
                 Ok(())
             })
             .unwrap()
-        })
-    };
-    fill(0..500);
-    ok(&env.run(&["backup", "--dir", path_of(&d.join("flushes-the-first"))]));
-    fill(500..1000);
+        };
+        fill(0..500);
+        kvs.compact();
+        fill(500..1000);
+    }
     let backup_dir = d.join("backup");
     let backup = [
         "backup",
