@@ -244,6 +244,23 @@ impl PostgresKvs {
         with_values: bool,
     ) -> KvsResult<BTreeMap<Cell, Value>> {
         let mut out = BTreeMap::new();
+        if let [(cell, ts)] = cells {
+            let found =
+                self.on_table(table, &self.plain, "get", Phase::NotApplied, |conn, rel| {
+                    let stmt = conn.prepare(&sql::get_cell(rel, with_values))?;
+                    conn.client
+                        .query_opt(&stmt, &[&cell.row(), &cell.column(), ts])
+                })?;
+            if let Some(row) = found {
+                let contents = if with_values {
+                    col(&row, 1)?
+                } else {
+                    Vec::new()
+                };
+                out.insert(cell.clone(), Value::new(contents, col(&row, 0)?));
+            }
+            return Ok(out);
+        }
         for chunk in cells.chunks(BATCH) {
             let (rows, cols) = split_cells(chunk.iter().map(|(c, _)| c));
             let bounds: Vec<i64> = chunk.iter().map(|(_, ts)| *ts).collect();
@@ -288,6 +305,9 @@ impl PostgresKvs {
                 }
             }
         }
+        if let [(cell, ts, value)] = versions {
+            return self.put_version(table, cell, *ts, value);
+        }
         for chunk in versions.chunks(BATCH) {
             let (rows, cols) = split_cells(chunk.iter().map(|(c, _, _)| *c));
             let tss: Vec<i64> = chunk.iter().map(|(_, ts, _)| *ts).collect();
@@ -318,6 +338,42 @@ impl PostgresKvs {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::put_versions`] of one version, in simpler statements: an insert, and only if the
+    /// version existed already, a read of its value.
+    fn put_version(
+        &self,
+        table: &TableRef,
+        cell: &Cell,
+        ts: Timestamp,
+        value: &[u8],
+    ) -> KvsResult<()> {
+        let key: [&(dyn postgres::types::ToSql + Sync); 3] = [&cell.row(), &cell.column(), &ts];
+        let inserted =
+            self.on_table(table, &self.plain, "put", Phase::Committing, |conn, rel| {
+                let stmt = conn.prepare(&sql::put_version(rel))?;
+                conn.client
+                    .query_opt(&stmt, &[key[0], key[1], key[2], &value])
+            })?;
+        if inserted.is_some() {
+            return Ok(());
+        }
+        let existing =
+            self.on_table(table, &self.plain, "put", Phase::NotApplied, |conn, rel| {
+                let stmt = conn.prepare(&sql::read_version(rel))?;
+                conn.client.query_opt(&stmt, &key)
+            })?;
+        match existing {
+            // Deleted meanwhile counts as written, as in `check_rewrites`.
+            None => Ok(()),
+            Some(row) if col::<&[u8]>(&row, 0)? == value => Ok(()),
+            Some(_) => Err(KvsError::ValueAlreadyWritten {
+                table: table.clone(),
+                cell: cell.clone(),
+                timestamp: ts,
+            }),
+        }
     }
 
     /// After a put skipped some versions that already existed: they must hold the same value.
