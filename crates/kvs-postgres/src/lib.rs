@@ -723,6 +723,13 @@ impl KeyValueService for PostgresKvs {
 
     fn multi_put(&self, writes: &[(TableRef, CellWrites)], ts: Timestamp) -> KvsResult<()> {
         validate_version_ts(ts, false)?;
+        // One table, one chunk: `put` is then one statement, all or nothing, where the
+        // transaction below takes four round trips (begin, write, check, commit).
+        if let [(table, cells)] = writes {
+            if cells.len() <= BATCH {
+                return self.put(table, cells, ts);
+            }
+        }
         let rels = writes
             .iter()
             .map(|(t, _)| self.relation(t))
