@@ -28,8 +28,9 @@ fn key(i: u64) -> Vec<u8> {
     i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes().to_vec()
 }
 
-fn config(pg: &Postgres) -> postgres::Config {
-    let mut config = postgres::Config::new();
+/// The server's settings; `postgres::Config::from` turns them into the synchronous crate's.
+fn config(pg: &Postgres) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
     config
         .host(&pg.host)
         .port(pg.port)
@@ -59,13 +60,7 @@ impl Async {
             .enable_all()
             .build()
             .unwrap();
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&pg.host)
-            .port(pg.port)
-            .user(server::USER)
-            .password(server::PASSWORD)
-            .dbname(server::DATABASE);
+        let config = config(pg);
         let clients = (0..THREADS)
             .map(|_| {
                 let (client, connection) = runtime
@@ -110,7 +105,9 @@ impl Async {
 type SyncConn = Mutex<Conn<postgres::Client, postgres::Statement>>;
 
 fn sync_connect(pg: &Postgres) -> SyncConn {
-    let mut client = config(pg).connect(postgres::NoTls).unwrap();
+    let mut client = postgres::Config::from(config(pg))
+        .connect(postgres::NoTls)
+        .unwrap();
     let (read, write) = (
         client.prepare(READ).unwrap(),
         client.prepare(WRITE).unwrap(),
@@ -136,7 +133,9 @@ fn sync_write(conn: &SyncConn) {
 
 fn crates(c: &mut Criterion) {
     let pg = Postgres::start();
-    let mut admin = config(&pg).connect(postgres::NoTls).unwrap();
+    let mut admin = postgres::Config::from(config(&pg))
+        .connect(postgres::NoTls)
+        .unwrap();
     admin
         .batch_execute("CREATE TABLE kv (k bytea PRIMARY KEY, v bytea NOT NULL)")
         .unwrap();
