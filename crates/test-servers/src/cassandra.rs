@@ -8,9 +8,15 @@ use std::sync::OnceLock;
 
 use crate::on_exit;
 
-/// The cluster script of this repository.
+/// The cluster script of this repository, found from the directory of the package whose test
+/// or bench is running (cargo sets `CARGO_MANIFEST_DIR` for them; every package is at
+/// `crates/<name>`). Not from this crate's build-time path: a target directory shared between
+/// checkouts can hold a build of this crate made in another checkout, maybe since deleted.
 pub fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cassandra.sh")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../../scripts/cassandra.sh")
 }
 
 fn run(args: &[&str]) -> Output {
