@@ -103,7 +103,14 @@ pub trait KeyValueService: Send + Sync {
     /// different value already at a cell and `ts` fails with `ValueAlreadyWritten` and writes
     /// nothing. Durable when it returns, as configured by the backend.
     fn put(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)], ts: Timestamp) -> KvsResult<()>;
-    /// [`put`](Self::put) into several tables at once, all-or-nothing.
+    /// [`put`](Self::put) into several tables at once, all-or-nothing: a transaction's data at
+    /// its start timestamp. Only that transaction ever writes at `ts` (the timestamp authority
+    /// hands each timestamp out once) and its retries write the same values, so a backend where
+    /// finding a different value already at (cell, `ts`) costs a read of its own (Cassandra)
+    /// may overwrite it instead of failing, as AtlasDB's `put` allows. The protocol has a
+    /// second guard on tables that check write-write conflicts: the check before this call
+    /// reads the newest version of each written cell, and a committed one at a reused start
+    /// timestamp is a conflict.
     fn multi_put(&self, writes: &[(TableRef, CellWrites)], ts: Timestamp) -> KvsResult<()>;
     /// Writes values at their own timestamps (`0..i64::MAX` or the sentinel -1), same rules as
     /// [`put`](Self::put).
