@@ -19,7 +19,7 @@ mod maintenance;
 mod scan;
 pub mod snapshot;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use ortelius_kvs::{
     validate_read_ts, validate_version_ts, CandidateCellsRequest, CandidatePage, Cell, CellIter,
     CellWrites, CheckAndSetRequest, ColumnRange, ColumnSelection, KeyValueService, KvsError,
     KvsResult, RangeRequest, RowIter, RowRange, TableRef, Timestamp, TimestampRangeDelete, Value,
-    ATOMIC_TS, SWEEP_SENTINEL_TS,
+    ATOMIC_TS, MAX_READ_TS, SWEEP_SENTINEL_TS,
 };
 
 pub use config::{EtcdConfig, MaintenanceConfig};
@@ -409,16 +409,7 @@ impl EtcdKvs {
         ) {
             let ops: Vec<TxnOp> = group
                 .iter()
-                .map(|(cell, ts)| {
-                    let prefix = keys::cell_prefix(id, cell.row(), cell.column());
-                    let mut options = GetOptions::new()
-                        .with_range(self.key(&keys::past_terminator(prefix.clone())))
-                        .with_limit(1);
-                    if keys_only {
-                        options = options.with_keys_only();
-                    }
-                    TxnOp::get(self.key(&keys::with_ts(&prefix, ts - 1)), Some(options))
-                })
+                .map(|(cell, ts)| self.newest_below(id, cell, *ts, keys_only))
                 .collect();
             let response = self.txn("get", false, Txn::new().and_then(ops))?;
             for ((cell, _), op) in group.iter().zip(response.op_responses()) {
@@ -429,6 +420,18 @@ impl EtcdKvs {
             }
         }
         Ok(out)
+    }
+
+    /// The read of a cell's newest version below `ts`: one forward range read with limit 1.
+    fn newest_below(&self, id: u32, cell: &Cell, ts: Timestamp, keys_only: bool) -> TxnOp {
+        let prefix = keys::cell_prefix(id, cell.row(), cell.column());
+        let mut options = GetOptions::new()
+            .with_range(self.key(&keys::past_terminator(prefix.clone())))
+            .with_limit(1);
+        if keys_only {
+            options = options.with_keys_only();
+        }
+        TxnOp::get(self.key(&keys::with_ts(&prefix, ts - 1)), Some(options))
     }
 
     /// Writes versions unless a (cell, ts) holds a different value; each group of the limits
@@ -857,6 +860,64 @@ impl KeyValueService for EtcdKvs {
             );
         }
         self.put_versions(&versions)
+    }
+
+    fn multi_put_reading_latest(
+        &self,
+        writes: &[(TableRef, CellWrites)],
+        read_latest: &[bool],
+        ts: Timestamp,
+    ) -> KvsResult<Vec<BTreeMap<Cell, Timestamp>>> {
+        validate_version_ts(ts, false)?;
+        // Fresh versions within one transaction's limits, the common case: one transaction
+        // reads the newest versions (before its writes, as its operations run in order) and
+        // writes them all if none exists yet. Otherwise, or if one does, the two-step way.
+        let mut reads = Vec::new();
+        let mut puts = Vec::new();
+        let mut compares = Vec::new();
+        let mut distinct = BTreeSet::new();
+        let mut bytes = 0usize;
+        for (i, (table, cells)) in writes.iter().enumerate() {
+            let id = self.table_id(table)?;
+            let read = read_latest.get(i).copied().unwrap_or(false);
+            for (cell, value) in cells {
+                let key = self.key(&keys::version_key(id, cell, ts));
+                bytes = bytes
+                    .saturating_add(2 * key.len())
+                    .saturating_add(value.len())
+                    .saturating_add(128);
+                if read {
+                    reads.push((i, cell, self.newest_below(id, cell, MAX_READ_TS, true)));
+                }
+                compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+                puts.push(TxnOp::put(key.clone(), value.clone(), None));
+                distinct.insert(key);
+            }
+        }
+        let fits = reads.len() + puts.len() <= self.config.max_txn_ops
+            && bytes <= self.config.max_request_bytes
+            && distinct.len() == puts.len();
+        if fits {
+            let ops: Vec<TxnOp> = reads.iter().map(|(_, _, op)| op.clone()).collect();
+            let answer = self.txn(
+                "put",
+                true,
+                Txn::new().when(compares).and_then([ops, puts].concat()),
+            )?;
+            if answer.succeeded() {
+                let mut latest = vec![BTreeMap::new(); writes.len()];
+                for ((i, cell, _), op) in reads.iter().zip(answer.op_responses()) {
+                    if let Some(kv) = get_response(op)?.into_iter().next() {
+                        let decoded = keys::decode(self.inner(kv.key())?)?;
+                        if let Some(map) = latest.get_mut(*i) {
+                            map.insert((*cell).clone(), decoded.ts);
+                        }
+                    }
+                }
+                return Ok(latest);
+            }
+        }
+        ortelius_kvs::read_latest_then_multi_put(self, writes, read_latest, ts)
     }
 
     fn put_with_timestamps(&self, table: &TableRef, values: &[(Cell, Value)]) -> KvsResult<()> {

@@ -287,11 +287,15 @@ impl PostgresKvs {
     }
 
     /// Writes versions unless a (cell, ts) holds a different value (then nothing is written).
+    /// With `reading_latest`, answers each cell's newest version as it was before the write,
+    /// read by the same statements (a single statement, so all or nothing, for at most
+    /// `BATCH` versions).
     fn put_versions(
         &self,
         table: &TableRef,
         versions: &[(&Cell, Timestamp, &[u8])],
-    ) -> KvsResult<()> {
+        reading_latest: bool,
+    ) -> KvsResult<BTreeMap<Cell, Timestamp>> {
         // Two different values for one (cell, ts) in the same call can never both hold.
         let mut seen: HashMap<(&Cell, Timestamp), &[u8]> = HashMap::new();
         for (cell, ts, value) in versions {
@@ -306,15 +310,17 @@ impl PostgresKvs {
             }
         }
         if let [(cell, ts, value)] = versions {
-            return self.put_version(table, cell, *ts, value);
+            let latest = self.put_version(table, cell, *ts, value, reading_latest)?;
+            return Ok(latest.map(|ts| ((*cell).clone(), ts)).into_iter().collect());
         }
+        let mut latest = BTreeMap::new();
         for chunk in versions.chunks(BATCH) {
             let (rows, cols) = split_cells(chunk.iter().map(|(c, _, _)| *c));
             let tss: Vec<i64> = chunk.iter().map(|(_, ts, _)| *ts).collect();
             let vals: Vec<&[u8]> = chunk.iter().map(|(_, _, v)| *v).collect();
             let answer =
                 self.on_table(table, &self.plain, "put", Phase::Committing, |conn, rel| {
-                    let stmt = conn.prepare(&sql::put_versions(rel))?;
+                    let stmt = conn.prepare(&sql::put_versions(rel, reading_latest))?;
                     conn.client.query(&stmt, &[&rows, &cols, &tss, &vals])
                 })?;
             let mut inserted = Vec::new();
@@ -322,14 +328,19 @@ impl PostgresKvs {
                 let kind: String = col(row, 0)?;
                 let cell = Cell::new(col::<Vec<u8>>(row, 1)?, col::<Vec<u8>>(row, 2)?)?;
                 let ts: i64 = col(row, 3)?;
-                if kind == "d" {
-                    return Err(KvsError::ValueAlreadyWritten {
-                        table: table.clone(),
-                        cell,
-                        timestamp: ts,
-                    });
+                match kind.as_str() {
+                    "d" => {
+                        return Err(KvsError::ValueAlreadyWritten {
+                            table: table.clone(),
+                            cell,
+                            timestamp: ts,
+                        })
+                    }
+                    "l" => {
+                        latest.insert(cell, ts);
+                    }
+                    _ => inserted.push((cell, ts)),
                 }
-                inserted.push((cell, ts));
             }
             let distinct: BTreeSet<(&Cell, Timestamp)> =
                 chunk.iter().map(|(c, ts, _)| (*c, *ts)).collect();
@@ -337,27 +348,35 @@ impl PostgresKvs {
                 self.check_rewrites(table, &rows, &cols, &tss, &vals, &inserted)?;
             }
         }
-        Ok(())
+        Ok(latest)
     }
 
-    /// [`Self::put_versions`] of one version, in simpler statements: an insert, and only if the
-    /// version existed already, a read of its value.
+    /// [`Self::put_versions`] of one version, in simpler statements: an insert (with the
+    /// newest version read alongside, if asked), and only if the version existed already, a
+    /// read of its value.
     fn put_version(
         &self,
         table: &TableRef,
         cell: &Cell,
         ts: Timestamp,
         value: &[u8],
-    ) -> KvsResult<()> {
+        reading_latest: bool,
+    ) -> KvsResult<Option<Timestamp>> {
         let key: [&(dyn postgres::types::ToSql + Sync); 3] = [&cell.row(), &cell.column(), &ts];
-        let inserted =
+        let params = [key[0], key[1], key[2], &value];
+        let (inserted, latest) =
             self.on_table(table, &self.plain, "put", Phase::Committing, |conn, rel| {
-                let stmt = conn.prepare(&sql::put_version(rel))?;
-                conn.client
-                    .query_opt(&stmt, &[key[0], key[1], key[2], &value])
+                if reading_latest {
+                    let stmt = conn.prepare(&sql::put_version_reading_latest(rel))?;
+                    let row = conn.client.query_one(&stmt, &params)?;
+                    Ok((row.try_get(0)?, row.try_get(1)?))
+                } else {
+                    let stmt = conn.prepare(&sql::put_version(rel))?;
+                    Ok((conn.client.query_opt(&stmt, &params)?.is_some(), None))
+                }
             })?;
-        if inserted.is_some() {
-            return Ok(());
+        if inserted {
+            return Ok(latest);
         }
         let existing =
             self.on_table(table, &self.plain, "put", Phase::NotApplied, |conn, rel| {
@@ -366,8 +385,8 @@ impl PostgresKvs {
             })?;
         match existing {
             // Deleted meanwhile counts as written, as in `check_rewrites`.
-            None => Ok(()),
-            Some(row) if col::<&[u8]>(&row, 0)? == value => Ok(()),
+            None => Ok(latest),
+            Some(row) if col::<&[u8]>(&row, 0)? == value => Ok(latest),
             Some(_) => Err(KvsError::ValueAlreadyWritten {
                 table: table.clone(),
                 cell: cell.clone(),
@@ -718,7 +737,7 @@ impl KeyValueService for PostgresKvs {
         self.table_id(table)?;
         let versions: Vec<(&Cell, Timestamp, &[u8])> =
             writes.iter().map(|(c, v)| (c, ts, v.as_slice())).collect();
-        self.put_versions(table, &versions)
+        self.put_versions(table, &versions, false).map(drop)
     }
 
     fn multi_put(&self, writes: &[(TableRef, CellWrites)], ts: Timestamp) -> KvsResult<()> {
@@ -740,7 +759,7 @@ impl KeyValueService for PostgresKvs {
             differing = None;
             let statements = rels
                 .iter()
-                .map(|rel| conn.prepare(&sql::put_versions(rel)))
+                .map(|rel| conn.prepare(&sql::put_versions(rel, false)))
                 .collect::<Result<Vec<_>, _>>()?;
             let check = rels
                 .iter()
@@ -776,6 +795,29 @@ impl KeyValueService for PostgresKvs {
         }
     }
 
+    fn multi_put_reading_latest(
+        &self,
+        writes: &[(TableRef, CellWrites)],
+        read_latest: &[bool],
+        ts: Timestamp,
+    ) -> KvsResult<Vec<BTreeMap<Cell, Timestamp>>> {
+        // One table, one chunk: one statement writes and reads, all or nothing.
+        if let ([(table, cells)], [reading_latest]) = (writes, read_latest) {
+            if cells.len() <= BATCH {
+                validate_version_ts(ts, false)?;
+                self.table_id(table)?;
+                let versions: Vec<(&Cell, Timestamp, &[u8])> =
+                    cells.iter().map(|(c, v)| (c, ts, v.as_slice())).collect();
+                return Ok(vec![self.put_versions(
+                    table,
+                    &versions,
+                    *reading_latest,
+                )?]);
+            }
+        }
+        ortelius_kvs::read_latest_then_multi_put(self, writes, read_latest, ts)
+    }
+
     fn put_with_timestamps(&self, table: &TableRef, values: &[(Cell, Value)]) -> KvsResult<()> {
         for (_, v) in values {
             validate_version_ts(v.timestamp, true)?;
@@ -785,7 +827,7 @@ impl KeyValueService for PostgresKvs {
             .iter()
             .map(|(c, v)| (c, v.timestamp, v.contents.as_slice()))
             .collect();
-        self.put_versions(table, &versions)
+        self.put_versions(table, &versions, false).map(drop)
     }
 
     fn put_unless_exists(&self, table: &TableRef, writes: &[(Cell, Vec<u8>)]) -> KvsResult<()> {

@@ -160,15 +160,26 @@ pub(crate) fn candidates(rel: &str, from: bool) -> String {
 
 /// Writes versions (`$1` rows, `$2` columns, `$3` timestamps, `$4` values) unless some
 /// (cell, ts) already holds a different value; answers `('d', cell)` for such a difference
-/// (then nothing is written) or `('i', cell)` for every version inserted.
-pub(crate) fn put_versions(rel: &str) -> String {
+/// (then nothing is written) or `('i', cell)` for every version inserted. With
+/// `reading_latest`, also `('l', cell, ts)` for each cell's newest version as it was before
+/// this statement (all parts of one statement read the same snapshot, which the insert is not
+/// part of).
+pub(crate) fn put_versions(rel: &str, reading_latest: bool) -> String {
+    let latest = if reading_latest {
+        format!(
+            " UNION ALL SELECT 'l', i.r, i.c, n.ts FROM input i CROSS JOIN LATERAL \
+             (SELECT x.ts FROM {rel} x WHERE x.row_name = i.r AND x.col_name = i.c ORDER BY x.ts DESC LIMIT 1) n"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "WITH input(r, c, t, v) AS (SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[])), \
          differing AS (SELECT i.r, i.c, i.t FROM input i JOIN {rel} x ON x.row_name = i.r AND x.col_name = i.c \
            AND x.ts = i.t WHERE x.val <> i.v LIMIT 1), \
          inserted AS (INSERT INTO {rel} (row_name, col_name, ts, val) SELECT r, c, t, v FROM input \
            WHERE NOT EXISTS (SELECT 1 FROM differing) ON CONFLICT DO NOTHING RETURNING row_name, col_name, ts) \
-         SELECT 'd', r, c, t FROM differing UNION ALL SELECT 'i', row_name, col_name, ts FROM inserted"
+         SELECT 'd', r, c, t FROM differing UNION ALL SELECT 'i', row_name, col_name, ts FROM inserted{latest}"
     )
 }
 
@@ -178,6 +189,16 @@ pub(crate) fn put_version(rel: &str) -> String {
     format!(
         "INSERT INTO {rel} (row_name, col_name, ts, val) VALUES ($1, $2, $3, $4) \
          ON CONFLICT DO NOTHING RETURNING 1"
+    )
+}
+
+/// [`put_version`] that also reads the cell's newest version as it was before this statement;
+/// answers one row: (inserted, that version's ts or null).
+pub(crate) fn put_version_reading_latest(rel: &str) -> String {
+    format!(
+        "WITH ins AS ({}) SELECT EXISTS (SELECT 1 FROM ins), \
+         (SELECT ts FROM {rel} WHERE row_name = $1 AND col_name = $2 ORDER BY ts DESC LIMIT 1)",
+        put_version(rel)
     )
 }
 

@@ -20,5 +20,5 @@ pub mod conformance;
 pub mod testing;
 
 pub use error::{ErrorClass, KvsError, KvsResult};
-pub use service::{CellIter, KeyValueService, RowIter};
+pub use service::{read_latest_then_multi_put, CellIter, KeyValueService, RowIter};
 pub use types::*;

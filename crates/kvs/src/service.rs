@@ -108,10 +108,28 @@ pub trait KeyValueService: Send + Sync {
     /// hands each timestamp out once) and its retries write the same values, so a backend where
     /// finding a different value already at (cell, `ts`) costs a read of its own (Cassandra)
     /// may overwrite it instead of failing, as AtlasDB's `put` allows. The protocol has a
-    /// second guard on tables that check write-write conflicts: the check before this call
-    /// reads the newest version of each written cell, and a committed one at a reused start
-    /// timestamp is a conflict.
+    /// second guard on tables that check write-write conflicts: the check reads the newest
+    /// version of each written cell as it was before the write (see
+    /// [`multi_put_reading_latest`](Self::multi_put_reading_latest)), and a committed one at a
+    /// reused start timestamp is a conflict.
     fn multi_put(&self, writes: &[(TableRef, CellWrites)], ts: Timestamp) -> KvsResult<()>;
+    /// A transaction's data write together with the read its write-write conflict check needs:
+    /// for each table of `writes` whose flag in `read_latest` is set, the timestamp of each
+    /// written cell's newest version as it was just before this write (what
+    /// [`get_latest_timestamps`](Self::get_latest_timestamps) answers with bound
+    /// [`MAX_READ_TS`](crate::MAX_READ_TS)), then [`multi_put`](Self::multi_put) of all of
+    /// `writes`, in one request where the backend can. One map per table of `writes`, in order
+    /// (empty where not read). The data is written whatever the answer: a caller that finds a
+    /// conflict in it aborts the write. Fails like `multi_put`, and when it fails nothing is
+    /// written, or (`MaybeApplied`) the outcome is unknown as for `multi_put`.
+    fn multi_put_reading_latest(
+        &self,
+        writes: &[(TableRef, CellWrites)],
+        read_latest: &[bool],
+        ts: Timestamp,
+    ) -> KvsResult<Vec<BTreeMap<Cell, Timestamp>>> {
+        read_latest_then_multi_put(self, writes, read_latest, ts)
+    }
     /// Writes values at their own timestamps (`0..i64::MAX` or the sentinel -1), same rules as
     /// [`put`](Self::put).
     fn put_with_timestamps(&self, table: &TableRef, values: &[(Cell, Value)]) -> KvsResult<()>;
@@ -137,4 +155,28 @@ pub trait KeyValueService: Send + Sync {
         table: &TableRef,
         cells: &[Cell],
     ) -> KvsResult<()>;
+}
+
+/// [`KeyValueService::multi_put_reading_latest`] in two requests: the reads, then the write.
+/// The default, and the fallback of backends whose one-request form covers only some writes.
+pub fn read_latest_then_multi_put<K: KeyValueService + ?Sized>(
+    kvs: &K,
+    writes: &[(TableRef, CellWrites)],
+    read_latest: &[bool],
+    ts: Timestamp,
+) -> KvsResult<Vec<BTreeMap<Cell, Timestamp>>> {
+    let mut latest = Vec::with_capacity(writes.len());
+    for (i, (table, cells)) in writes.iter().enumerate() {
+        latest.push(if read_latest.get(i).copied().unwrap_or(false) {
+            let cells: Vec<(Cell, Timestamp)> = cells
+                .iter()
+                .map(|(c, _)| (c.clone(), crate::MAX_READ_TS))
+                .collect();
+            kvs.get_latest_timestamps(table, &cells)?
+        } else {
+            BTreeMap::new()
+        });
+    }
+    kvs.multi_put(writes, ts)?;
+    Ok(latest)
 }

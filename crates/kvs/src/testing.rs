@@ -245,6 +245,18 @@ impl KeyValueService for RecordingKvs {
             self.inner.multi_put(writes, ts)
         })
     }
+    fn multi_put_reading_latest(
+        &self,
+        writes: &[(TableRef, CellWrites)],
+        read_latest: &[bool],
+        ts: Timestamp,
+    ) -> KvsResult<Vec<BTreeMap<Cell, Timestamp>>> {
+        self.call(
+            "multi_put_reading_latest",
+            writes.first().map(|(t, _)| t),
+            || self.inner.multi_put_reading_latest(writes, read_latest, ts),
+        )
+    }
     fn put_with_timestamps(&self, table: &TableRef, values: &[(Cell, Value)]) -> KvsResult<()> {
         self.call("put_with_timestamps", Some(table), || {
             self.inner.put_with_timestamps(table, values)

@@ -3,19 +3,29 @@
 //!
 //! 1. take commit locks: row or cell locks per the tables' conflict handlers, plus the lock on
 //!    this transaction's own transactions-table row (readers wait on it);
-//! 2. check write-write conflicts (only meaningful under the locks);
 //! 3. check the immutable-timestamp and commit locks are still held;
-//! 4. write the data at `start_ts`;
+//! 4. write the data at `start_ts`, in the same store request as the first read of step 2 (the
+//!    newest version of each written cell as it was just before the write);
+//! 2. check write-write conflicts (only meaningful under the locks): on a conflict, record this
+//!    transaction as aborted, as after any failure once data is written;
 //! 5. fetch the commit timestamp (after the data: anyone starting later must see it);
 //! 6. serializable only: re-run the recorded reads at the commit timestamp;
 //! 7. check the locks once more;
 //! 8. `put_unless_exists(start_ts -> commit_ts)`: **the commit point**;
 //! 9. release the locks (always).
+//!
+//! AtlasDB checks conflicts (2) before it writes (4). Here the check's first read rides on the
+//! write, as a Percolator prewrite checks and writes in one request: on a networked store it
+//! saves a round trip of every write transaction. It is the same check: under the commit
+//! locks no other writer can commit to these cells between the read and the write, and
+//! readers treat data without a commit record the same either way (they wait on the commit
+//! lock). The cost is on conflicts only: the losing transaction's data is written, then
+//! marked aborted, and sweep removes it.
 
 use std::collections::BTreeSet;
 
 use ortelius_kvs::{
-    Cell, CellWrites, ErrorClass, KvsError, TableRef, Timestamp, MAX_READ_TS, SWEEP_SENTINEL_TS,
+    Cell, CellWrites, ErrorClass, KvsError, TableRef, Timestamp, SWEEP_SENTINEL_TS,
 };
 use ortelius_timelock::{LockDescriptor, LockError, LockToken};
 
@@ -47,10 +57,10 @@ fn commit_writes(txn: &Transaction, writes: &WriteBuffer) -> TxnResult<()> {
     let commit_locks = acquire_commit_locks(txn, writes)?;
     let mut data_written = false;
     let result = (|| {
-        check_write_write_conflicts(txn, writes)?;
         check_locks_held(txn, commit_locks)?;
-        write_data(txn, writes)?;
+        let latest = write_data(txn, writes)?;
         data_written = true;
+        check_write_write_conflicts(txn, writes, latest)?;
         let commit_ts = fetch_commit_ts(txn)?;
         let _ = txn.commit_ts.set(commit_ts);
         validate_reads(txn, writes, commit_ts)?;
@@ -91,26 +101,25 @@ pub(crate) fn acquire_commit_locks(
         })
 }
 
-/// Step 2: for every written cell of a checked table, the newest committed writer must have
-/// committed before we started. Abandoned writers found on the way are rolled back.
+/// Step 2, after the data is written: for every written cell of a checked table, the newest
+/// committed writer must have committed before we started. `latest` is the first read, done
+/// with the write (the newest version of each cell just before it); looking further down
+/// passes our own version, which is skipped. Abandoned writers found on the way are rolled
+/// back.
 pub(crate) fn check_write_write_conflicts(
     txn: &Transaction,
     writes: &WriteBuffer,
+    latest: Vec<std::collections::BTreeMap<Cell, Timestamp>>,
 ) -> TxnResult<()> {
     let txns = &txn.inner.txns;
-    for (table, cells) in writes {
-        if !txn
-            .inner
-            .metadata(table)?
-            .conflict_handler
-            .checks_write_write()
-        {
+    let written = writes.iter().filter(|(_, cells)| !cells.is_empty());
+    for ((table, _), first_read) in written.zip(latest) {
+        if !checks_write_write(txn, table)? {
             continue;
         }
-        let mut pending: Vec<(Cell, Timestamp)> =
-            cells.keys().map(|c| (c.clone(), MAX_READ_TS)).collect();
-        while !pending.is_empty() {
-            let latest = txn.inner.kvs.get_latest_timestamps(table, &pending)?;
+        let mut latest = first_read;
+        let mut after_our_write = false;
+        loop {
             let starts: Vec<Timestamp> = latest
                 .values()
                 .copied()
@@ -120,6 +129,12 @@ pub(crate) fn check_write_write_conflicts(
             let mut next = Vec::new();
             for (cell, their_start) in latest {
                 if their_start == SWEEP_SENTINEL_TS {
+                    continue;
+                }
+                if their_start == txn.start_ts && after_our_write {
+                    // Our own data: look below it. (The first read, from before our write,
+                    // cannot see it: a version at our start timestamp there is another's.)
+                    next.push((cell, their_start));
                     continue;
                 }
                 match statuses.get(&their_start) {
@@ -147,10 +162,22 @@ pub(crate) fn check_write_write_conflicts(
                     }
                 }
             }
-            pending = next;
+            if next.is_empty() {
+                break;
+            }
+            latest = txn.inner.kvs.get_latest_timestamps(table, &next)?;
+            after_our_write = true;
         }
     }
     Ok(())
+}
+
+fn checks_write_write(txn: &Transaction, table: &TableRef) -> TxnResult<bool> {
+    Ok(txn
+        .inner
+        .metadata(table)?
+        .conflict_handler
+        .checks_write_write())
 }
 
 /// Steps 3 and 7: the immutable-timestamp guard and the commit locks must still be held.
@@ -170,8 +197,13 @@ pub(crate) fn check_locks_held(txn: &Transaction, commit_locks: LockToken) -> Tx
     }
 }
 
-/// Step 4: every buffered write (deletes are empty values) at the start timestamp.
-pub(crate) fn write_data(txn: &Transaction, writes: &WriteBuffer) -> TxnResult<()> {
+/// Step 4: every buffered write (deletes are empty values) at the start timestamp, with the
+/// first read of step 2: per written table in order, the newest version of each cell just
+/// before the write (read only for tables that check write-write conflicts).
+pub(crate) fn write_data(
+    txn: &Transaction,
+    writes: &WriteBuffer,
+) -> TxnResult<Vec<std::collections::BTreeMap<Cell, Timestamp>>> {
     let batch: Vec<(TableRef, CellWrites)> = writes
         .iter()
         .filter(|(_, cells)| !cells.is_empty())
@@ -182,8 +214,14 @@ pub(crate) fn write_data(txn: &Transaction, writes: &WriteBuffer) -> TxnResult<(
             )
         })
         .collect();
-    txn.inner.kvs.multi_put(&batch, txn.start_ts)?;
-    Ok(())
+    let read_latest = batch
+        .iter()
+        .map(|(table, _)| checks_write_write(txn, table))
+        .collect::<TxnResult<Vec<bool>>>()?;
+    Ok(txn
+        .inner
+        .kvs
+        .multi_put_reading_latest(&batch, &read_latest, txn.start_ts)?)
 }
 
 /// Step 5.

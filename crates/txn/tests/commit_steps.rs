@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ortelius_kvs::memory::MemoryKvs;
 use ortelius_kvs::testing::{CallLog, FaultTiming, RecordingKvs};
-use ortelius_kvs::{TableRef, Timestamp};
+use ortelius_kvs::{KeyValueService, TableRef, Timestamp};
 use ortelius_timelock::{
     FastForward, InProcessLockService, LockDescriptor, LockError, LockService, LockToken,
     ManualClock, PersistentTimestampService, TimestampError, TimestampRange, TimestampService,
@@ -160,9 +160,8 @@ fn commit_runs_its_steps_in_protocol_order() {
         trace(&s.log),
         [
             "locks.lock",                      // 1. commit locks (row + own entry)
-            "get_latest_timestamps test.t",    // 2. write-write conflict check
             "locks.refresh",                   // 3. locks still held
-            "multi_put test.t",                // 4. data at start ts
+            "multi_put_reading_latest test.t", // 4. data at start ts, and 2's read
             "timestamps.fresh",                // 5. commit ts, after the data
             "locks.refresh",                   // 7. locks still held, just before...
             "put_unless_exists _transactions", // 8. ...the commit point
@@ -189,7 +188,7 @@ fn serializable_commit_validates_reads_after_taking_the_commit_timestamp() {
     let fresh = at("timestamps.fresh");
     let validation_read = t.iter().rposition(|x| x == "get test.t").unwrap();
     assert!(
-        at("multi_put test.t") < fresh && fresh < validation_read,
+        at("multi_put_reading_latest test.t") < fresh && fresh < validation_read,
         "{t:?}"
     );
     assert!(
@@ -203,7 +202,8 @@ fn commit_locks_are_released_when_a_step_fails() {
     let s = setup(ConflictHandler::RetryOnWriteWrite);
     let txn = s.manager.begin(Isolation::Snapshot).unwrap();
     txn.put(&s.table, &cell("r", "c"), b"v".to_vec()).unwrap();
-    s.kvs.inject("multi_put", None, FaultTiming::Before, 1);
+    s.kvs
+        .inject("multi_put_reading_latest", None, FaultTiming::Before, 1);
     assert!(matches!(txn.commit(), Err(TxnError::Store(_))));
     // The row is free again: another transaction commits to it at once.
     let other = s.manager.begin(Isolation::Snapshot).unwrap();
@@ -224,7 +224,7 @@ fn expired_locks_fail_the_commit_before_the_commit_point() {
     assert!(
         !calls
             .iter()
-            .any(|c| c == "put_unless_exists _transactions" || c == "multi_put test.t"),
+            .any(|c| c == "put_unless_exists _transactions" || c.starts_with("multi_put")),
         "{calls:?}"
     );
     assert_eq!(
@@ -404,4 +404,55 @@ fn open_transactions_outlive_one_lease_because_their_guard_is_refreshed() {
         std::thread::sleep(Duration::from_millis(100)); // the refresher runs meanwhile
     }
     txn.commit().unwrap();
+}
+
+#[test]
+fn a_write_write_conflict_found_after_writing_data_records_the_abort_itself() {
+    let s = setup(ConflictHandler::RetryOnWriteWrite);
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    txn.put(&s.table, &cell("r", "c"), b"loser".to_vec())
+        .unwrap();
+    s.manager
+        .run(|t| t.put(&s.table, &cell("r", "c"), b"winner".to_vec()))
+        .unwrap();
+    let err = txn.commit().unwrap_err();
+    assert!(matches!(err, TxnError::WriteWriteConflict { .. }), "{err}");
+    // The conflict is found in the read done with the data write, so the data is there: the
+    // transaction marks itself aborted at once rather than leave readers to wait for its locks.
+    let status = s
+        .manager
+        .transactions_table()
+        .load_uncached(&[txn.start_ts()])
+        .unwrap();
+    assert_eq!(status.get(&txn.start_ts()), Some(&TxnStatus::Aborted));
+    let ro = s.manager.begin_read_only().unwrap();
+    assert_eq!(
+        ro.get_one(&s.table, &cell("r", "c")).unwrap(),
+        Some(b"winner".to_vec())
+    );
+}
+
+#[test]
+fn the_conflict_check_passes_over_its_own_data_below_a_newer_aborted_version() {
+    let s = setup(ConflictHandler::RetryOnWriteWrite);
+    let c = cell("r", "c");
+    s.manager
+        .run(|t| t.put(&s.table, &c, b"before".to_vec()))
+        .unwrap();
+    let txn = s.manager.begin(Isolation::Snapshot).unwrap();
+    txn.put(&s.table, &c, b"ours".to_vec()).unwrap();
+    // A later transaction wrote the cell and was aborted: the check looks below its version,
+    // where it meets our own data (written just before), which must not count as another
+    // writer to roll back.
+    let later = s.manager.fresh_timestamp().unwrap();
+    s.kvs
+        .put(&s.table, &[(c.clone(), b"aborted".to_vec())], later)
+        .unwrap();
+    s.manager
+        .transactions_table()
+        .put_unless_exists(later, TxnStatus::Aborted)
+        .unwrap();
+    txn.commit().unwrap();
+    let ro = s.manager.begin_read_only().unwrap();
+    assert_eq!(ro.get_one(&s.table, &c).unwrap(), Some(b"ours".to_vec()));
 }
