@@ -100,7 +100,7 @@ pub fn open(config: &StoreConfig) -> KvsResult<Backend> {
 /// For every command that reads or backs up a store rather than creating one.
 pub fn open_existing(config: &StoreConfig) -> KvsResult<Backend> {
     if !matches!(config, StoreConfig::Memory {})
-        && restore_target(config)?.state()? == TargetState::Empty
+        && store_target(config)?.state()? == TargetState::Empty
     {
         return Err(KvsError::StoreMissing {
             store: config.describe(),
@@ -167,8 +167,22 @@ fn postgres_config(config: &StoreConfig) -> KvsResult<ortelius_kvs_postgres::Pos
     }
 }
 
-/// The configured store as a restore target (nothing is opened or created yet).
+/// The configured store as a restore target (nothing is opened or created yet). An etcd
+/// configuration with a `rebuild` block names the data directories of a new cluster instead.
 pub fn restore_target(config: &StoreConfig) -> KvsResult<Box<dyn RestoreTarget>> {
+    #[cfg(feature = "etcd")]
+    if let StoreConfig::Etcd(c) = config {
+        if c.rebuild.is_some() {
+            return Ok(Box::new(ortelius_kvs_etcd::rebuild::EtcdRebuild::new(
+                c.clone(),
+            )?));
+        }
+    }
+    store_target(config)
+}
+
+/// The store the configuration names, as it runs now, as a restore target.
+fn store_target(config: &StoreConfig) -> KvsResult<Box<dyn RestoreTarget>> {
     match config {
         StoreConfig::Memory {} => Err(KvsError::Unsupported {
             operation: "restore (a memory store has nowhere to restore into)",

@@ -151,6 +151,7 @@ pub fn restore_with(
         Err(e) => return Err(store(e)),
     }
     finish_restore(&*kvs).map_err(store)?;
+    target.complete().map_err(store)?;
     tracing::info!(target = %target.describe(), "restore finished");
     Ok(RestoreReport {
         manifest,

@@ -241,6 +241,7 @@ pub fn load(config: &AtlasConfig, dir: &Path, force: bool, out: Output) -> Resul
         Err(e) => return Err(e.into()),
     }
     ortelius_kvs::snapshot::finish_restore(&*kvs)?;
+    target.complete()?;
     out.emit(&json!({ "loaded": dir, "into": target.describe() }), || {
         format!(
             "loaded {} into {}; now run timestamp clean-transactions, timestamp fast-forward and backup-lock --release",

@@ -1,7 +1,9 @@
 //! The etcd runbook's physical path: a live one-shot backup of a three-member cluster while
 //! the bank workload writes, total loss of every member, a new cluster built from the backup's
 //! snapshot with `etcdctl snapshot restore` and a new cluster token, then the Ortelius steps
-//! (clean-transactions B, fast-forward F, release the lock) and the checks.
+//! (clean-transactions B, fast-forward F, release the lock) and the checks. Then the one-shot
+//! `restore` with a `rebuild` block builds another new cluster's data directories itself,
+//! its steps already done, and that cluster starts restored.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,6 +11,30 @@ mod common;
 use common::*;
 use ortelius_backends::StoreConfig;
 use ortelius_test_servers::etcd::{EtcdCluster, EtcdOptions};
+
+/// The store block of a restore that rebuilds `cluster`'s members (all written here).
+fn rebuild_yaml(cluster: &EtcdCluster, prefix: &str) -> String {
+    let members: Vec<String> = cluster
+        .members()
+        .iter()
+        .map(|(name, peer, dir)| {
+            format!(
+                "{{name: {name}, peerUrl: '{peer}', dataDir: '{}'}}",
+                path(dir)
+            )
+        })
+        .collect();
+    format!(
+        "{{type: etcd, endpoints: [{}], prefix: {prefix}, rebuild: {{members: [{}]}}}}",
+        cluster.endpoints().join(", "),
+        members.join(", ")
+    )
+}
+
+fn failed(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "expected a failure: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
 
 fn store_yaml(etcd: &EtcdCluster) -> String {
     format!(
@@ -80,4 +106,51 @@ fn a_lost_cluster_is_rebuilt_from_the_snapshot_with_a_new_token() {
     ok(&ortelius(&restored, &["backup-lock", "--release"]));
     assert!(ok(&ortelius(&restored, &["verify", "bank"])).starts_with("ok"));
     check_restored(&store_config(&rebuilt), &acked_before_b, b, f);
+    drop(rebuilt);
+
+    // The one-shot restore builds the new members' directories itself.
+    let before_start = |cluster: &EtcdCluster| {
+        let dirs: Vec<_> = cluster.members().into_iter().map(|m| m.2).collect();
+        // A prefix other than the backup's: refused, nothing written.
+        let wrong = write_config(
+            dir.path(),
+            "wrong.yml",
+            &rebuild_yaml(cluster, "/other"),
+            None,
+        );
+        let err = failed(&ortelius(&wrong, &["restore", "--dir", path(&backup)]));
+        assert!(err.contains("set prefix: /bank"), "{err}");
+        assert!(dirs.iter().all(|d| !d.exists()), "nothing written");
+        // A member directory that holds something: refused without --force, left as it was.
+        let config = write_config(
+            dir.path(),
+            "rebuild.yml",
+            &rebuild_yaml(cluster, "/bank"),
+            None,
+        );
+        std::fs::create_dir_all(&dirs[1]).unwrap();
+        std::fs::write(dirs[1].join("old"), b"old").unwrap();
+        let err = failed(&ortelius(&config, &["restore", "--dir", path(&backup)]));
+        assert!(err.contains("--force"), "{err}");
+        assert!(dirs[1].join("old").exists() && !dirs[0].exists());
+        let done = ok(&ortelius(
+            &config,
+            &["restore", "--dir", path(&backup), "--force"],
+        ));
+        assert!(done.contains("released the backup lock"), "{done}");
+        assert!(!dirs[1].join("old").exists(), "replaced with --force");
+        for d in &dirs {
+            assert!(d.join("member").join("snap").join("db").exists(), "{d:?}");
+        }
+    };
+    let one_shot = EtcdCluster::start_with(&EtcdOptions {
+        members: 3,
+        before_start: Some(&before_start),
+        ..EtcdOptions::default()
+    });
+    let restored = config(dir.path(), "one-shot.yml", &one_shot, None);
+    let status = ok(&ortelius(&restored, &["backup-lock", "--status"]));
+    assert!(!status.starts_with("held by"), "released: {status}");
+    assert!(ok(&ortelius(&restored, &["verify", "bank"])).starts_with("ok"));
+    check_restored(&store_config(&one_shot), &acked_before_b, b, f);
 }

@@ -16,6 +16,7 @@
 
 mod config;
 mod maintenance;
+pub mod rebuild;
 mod scan;
 pub mod snapshot;
 
@@ -35,7 +36,7 @@ use ortelius_kvs::{
     ATOMIC_TS, MAX_READ_TS, SWEEP_SENTINEL_TS,
 };
 
-pub use config::{EtcdConfig, MaintenanceConfig};
+pub use config::{EtcdConfig, MaintenanceConfig, RebuildConfig, RebuildMember};
 pub use maintenance::{Maintenance, MaintenanceReport};
 
 /// The etcd [`KeyValueService`].

@@ -22,16 +22,51 @@ use ortelius_kvs::snapshot::{
     SnapshotProgress, SnapshotSource, TargetState, RESTORE_MARKER_TABLE,
 };
 use ortelius_kvs::{Cell, KeyValueService, KvsError, KvsResult, TableRef, Value};
+use sha2::{Digest, Sha256};
 
 use crate::config::EtcdConfig;
 use crate::{classify, groups, EtcdKvs};
 
 /// The store kind recorded in manifests.
 pub const STORE_KIND: &str = "etcd";
-const SNAPSHOT_FILE: &str = "etcd.snapshot";
-const PREFIX_FILE: &str = "prefix";
+pub(crate) const SNAPSHOT_FILE: &str = "etcd.snapshot";
+pub(crate) const PREFIX_FILE: &str = "prefix";
+/// Present when the snapshot's own SHA-256 (appended by the member) was checked as it was
+/// taken: a restore whose backup checksums prove the same bytes need not check it again.
+pub(crate) const HASH_CHECKED_FILE: &str = "sha256-checked";
+const SHA256_LEN: usize = 32;
+/// Transactions a load into a running cluster keeps in flight.
+const LOAD_IN_FLIGHT: usize = 16;
 
-fn io_error(what: &str, path: &Path, e: std::io::Error) -> KvsError {
+/// The SHA-256 of a snapshot stream's data, checked against the 32 bytes the member appends.
+#[derive(Default)]
+struct StreamHash {
+    hasher: Sha256,
+    /// The last bytes seen, which may be the appended hash.
+    tail: Vec<u8>,
+}
+
+impl StreamHash {
+    fn update(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+        if let Some(data) = self.tail.len().checked_sub(SHA256_LEN) {
+            self.hasher.update(&self.tail[..data]);
+            self.tail.drain(..data);
+        }
+    }
+
+    fn check(self) -> KvsResult<()> {
+        if self.tail.len() == SHA256_LEN && self.hasher.finalize().as_slice() == self.tail {
+            Ok(())
+        } else {
+            Err(KvsError::Corruption {
+                detail: "the etcd snapshot stream does not end with the SHA-256 of its data: it was cut short or damaged; take the backup again".to_owned(),
+            })
+        }
+    }
+}
+
+pub(crate) fn io_error(what: &str, path: &Path, e: std::io::Error) -> KvsError {
     KvsError::Storage {
         detail: format!("{what} {}: {e}", path.display()),
     }
@@ -73,20 +108,31 @@ impl SnapshotSource for EtcdSnapshots {
             .block_on(client.snapshot())
             .map_err(|e| classify(kvs.describe(), "snapshot", false, &e))?;
         let mut written = 0u64;
+        let mut hash = StreamHash::default();
         while let Some(chunk) = kvs
             .block_on(stream.message())
             .map_err(|e| classify(kvs.describe(), "snapshot", false, &e))?
         {
+            hash.update(chunk.blob());
             file.write_all(chunk.blob())
                 .map_err(|e| io_error("cannot write", &tmp, e))?;
             written += chunk.blob().len() as u64;
             progress(written, written + chunk.remaining_bytes());
         }
+        hash.check()?;
         file.sync_all()
             .map_err(|e| io_error("cannot sync", &tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io_error("cannot write", &path, e))?;
-        std::fs::write(dir.join(PREFIX_FILE), &kvs.config().prefix)
-            .map_err(|e| io_error("cannot write", &dir.join(PREFIX_FILE), e))?;
+        for (name, contents) in [
+            (PREFIX_FILE, kvs.config().prefix.as_str()),
+            (
+                HASH_CHECKED_FILE,
+                "the snapshot's SHA-256 was checked as it was taken\n",
+            ),
+        ] {
+            std::fs::write(dir.join(name), contents)
+                .map_err(|e| io_error("cannot write", &dir.join(name), e))?;
+        }
         Ok(SnapshotInfo::default())
     }
 }
@@ -100,7 +146,7 @@ fn free_port() -> KvsResult<u16> {
         })
 }
 
-fn tool(name: &str) -> KvsResult<Command> {
+pub(crate) fn tool(name: &str) -> KvsResult<Command> {
     for dir in ["/usr/bin", "/usr/local/bin"] {
         let p = format!("{dir}/{name}");
         if Path::new(&p).exists() {
@@ -113,15 +159,18 @@ fn tool(name: &str) -> KvsResult<Command> {
     })
 }
 
-/// A private single etcd member started from a snapshot, stopped on drop.
-struct TempMember {
-    _dir: tempfile::TempDir,
+/// A private single etcd member started from a snapshot, killed on drop.
+pub(crate) struct TempMember {
+    dir: tempfile::TempDir,
     child: Child,
-    kvs: EtcdKvs,
+    pub(crate) kvs: Arc<EtcdKvs>,
 }
 
 impl TempMember {
-    fn start(snapshot_dir: &Path) -> KvsResult<Self> {
+    /// Starts a member from the snapshot in `snapshot_dir`; `etcdctl` checks the snapshot's
+    /// own hash unless `trust_hash` and the snapshot was checked when it was taken.
+    pub(crate) fn start(snapshot_dir: &Path, trust_hash: bool) -> KvsResult<Self> {
+        let skip_hash_check = trust_hash && snapshot_dir.join(HASH_CHECKED_FILE).exists();
         let prefix = std::fs::read_to_string(snapshot_dir.join(PREFIX_FILE))
             .map_err(|e| io_error("cannot read", &snapshot_dir.join(PREFIX_FILE), e))?;
         let dir = tempfile::tempdir().map_err(|e| KvsError::Storage {
@@ -141,6 +190,7 @@ impl TempMember {
             .args(["--initial-cluster", &format!("ortelius-restore={peer_url}")])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster-token", "ortelius-restore"])
+            .args(skip_hash_check.then_some("--skip-hash-check"))
             .output()
             .map_err(|e| KvsError::Storage {
                 detail: format!("cannot run etcdctl: {e}"),
@@ -170,6 +220,8 @@ impl TempMember {
                 &peer_url,
             ])
             .args(["--initial-cluster", &format!("ortelius-restore={peer_url}")])
+            // Alone, it has no peer to wait for: short timeouts let it elect itself at once.
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -180,13 +232,13 @@ impl TempMember {
         let config = EtcdConfig::new(vec![client_url], prefix.trim());
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut member = TempMember {
-            _dir: dir,
+            dir,
             child,
             kvs: loop {
                 match EtcdKvs::open(&config) {
-                    Ok(kvs) => break kvs,
+                    Ok(kvs) => break Arc::new(kvs),
                     Err(_) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(200))
+                        std::thread::sleep(Duration::from_millis(50))
                     }
                     Err(e) => {
                         return Err(KvsError::Storage {
@@ -200,6 +252,38 @@ impl TempMember {
         };
         let _ = &mut member;
         Ok(member)
+    }
+
+    /// Stops the member cleanly (SIGTERM: it commits its database before it exits) and
+    /// returns its database file, which then holds every write it acknowledged.
+    pub(crate) fn stop(&mut self) -> KvsResult<std::path::PathBuf> {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .output()
+            .map_err(|e| KvsError::Storage {
+                detail: format!("cannot stop the temporary etcd member: {e}"),
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if stopped.status.success() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) | Err(_) => {
+                    return Err(KvsError::Storage {
+                        detail: "the temporary etcd member did not stop within 60 s".to_owned(),
+                    })
+                }
+            }
+        }
+        Ok(self
+            .dir
+            .path()
+            .join("member")
+            .join("member")
+            .join("snap")
+            .join("db"))
     }
 }
 
@@ -260,7 +344,7 @@ impl RestoreTarget for EtcdTarget {
         _snapshot_id: &str,
         progress: SnapshotProgress<'_>,
     ) -> KvsResult<Loaded> {
-        let source = TempMember::start(dir)?;
+        let source = TempMember::start(dir, false)?;
         let target = EtcdKvs::open(&self.config)?;
         let (target_start, target_end) = store_range(target.config().prefix.as_bytes());
         // Empty the target, then mark it before any restored key arrives. The marker's table
@@ -301,21 +385,39 @@ impl RestoreTarget for EtcdTarget {
                 (inner != next_id_key).then(|| (target.key(inner), kv.value().to_vec()))
             })
             .collect();
-        for group in groups(
+        let all_groups = groups(
             &pairs,
             target.config().max_txn_ops,
             target.config().max_request_bytes,
             |(k, v)| k.len() + v.len(),
-        ) {
-            let ops: Vec<TxnOp> = group
-                .iter()
-                .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None))
-                .collect();
-            let mut client = target.client();
-            target
-                .block_on(client.txn(Txn::new().and_then(ops)))
-                .map_err(|e| classify(target.describe(), "restore", true, &e))?;
-            done += group.len() as u64;
+        );
+        // Several transactions in flight, so the members batch them into fewer Raft rounds
+        // and disk syncs. Every key is new and written once, so their order does not matter.
+        for wave in all_groups.chunks(LOAD_IN_FLIGHT) {
+            target.block_on(async {
+                let mut in_flight = tokio::task::JoinSet::new();
+                for group in wave {
+                    let ops: Vec<TxnOp> = group
+                        .iter()
+                        .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None))
+                        .collect();
+                    let mut client = target.client();
+                    in_flight.spawn(async move { client.txn(Txn::new().and_then(ops)).await });
+                }
+                while let Some(result) = in_flight.join_next().await {
+                    match result {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(classify(target.describe(), "restore", true, &e)),
+                        Err(e) => {
+                            return Err(KvsError::Storage {
+                                detail: format!("a restore request did not finish: {e}"),
+                            })
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            done += wave.iter().map(|g| g.len() as u64).sum::<u64>();
             progress(done, total);
         }
         progress(total, total);
@@ -354,7 +456,7 @@ impl SnapshotFormat for EtcdFormat {
             });
         }
         // Reading every key also proves the snapshot loads.
-        let member = TempMember::start(dir)?;
+        let member = TempMember::start(dir, false)?;
         let (start, end) = store_range(member.kvs.config().prefix.as_bytes());
         Ok(member.kvs.range_all(start, end, true)?.len() as u64)
     }
@@ -365,7 +467,7 @@ impl SnapshotFormat for EtcdFormat {
         table: &TableRef,
         visit: &mut dyn FnMut(Cell, Value) -> KvsResult<()>,
     ) -> KvsResult<()> {
-        let member = TempMember::start(dir)?;
+        let member = TempMember::start(dir, false)?;
         let kvs = &member.kvs;
         let id = kvs
             .list_tables()?
@@ -384,5 +486,43 @@ impl SnapshotFormat for EtcdFormat {
             visit(Cell::new(d.row, d.column)?, Value::new(kv.value(), d.ts))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn stream(data: &[u8]) -> Vec<u8> {
+        let mut s = data.to_vec();
+        s.extend_from_slice(&Sha256::digest(data));
+        s
+    }
+
+    fn check(stream: &[u8], chunk: usize) -> KvsResult<()> {
+        let mut hash = StreamHash::default();
+        for c in stream.chunks(chunk) {
+            hash.update(c);
+        }
+        hash.check()
+    }
+
+    #[test]
+    fn a_snapshot_stream_is_checked_against_its_appended_sha256_however_it_is_split() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let good = stream(&data);
+        for chunk in [1, 7, 31, 32, 33, 4096, good.len()] {
+            check(&good, chunk).unwrap();
+        }
+        let mut damaged = good.clone();
+        damaged[5000] ^= 1;
+        assert!(matches!(
+            check(&damaged, 100),
+            Err(KvsError::Corruption { .. })
+        ));
+        assert!(check(&good[..good.len() - 1], 100).is_err(), "cut short");
+        assert!(check(&good[..20], 100).is_err(), "shorter than a hash");
+        check(&stream(b""), 5).unwrap();
     }
 }

@@ -89,6 +89,12 @@ pub trait RestoreTarget: Send + Sync {
     ) -> KvsResult<Loaded>;
     /// Opens the target for the rest of the restore, despite the marker.
     fn open_restoring(&self) -> KvsResult<Arc<dyn KeyValueService>>;
+    /// Called once the restore's steps have run on the store [`Self::open_restoring`] gave and
+    /// its marker is gone ([`finish_restore`]): a target that restored into a staging store
+    /// puts it in place (etcd's rebuild of a new cluster). Default: nothing to do.
+    fn complete(&self) -> KvsResult<()> {
+        Ok(())
+    }
 }
 
 /// Reads snapshots of one store kind without a server (deep verification of a backup).

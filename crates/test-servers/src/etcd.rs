@@ -32,7 +32,7 @@ struct Network {
 }
 
 /// How to start a cluster.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct EtcdOptions<'a> {
     pub members: usize,
     /// Flags for every member (e.g. compaction and quota settings).
@@ -41,6 +41,10 @@ pub struct EtcdOptions<'a> {
     pub partitionable: bool,
     /// Rebuild the members' data from this snapshot file, with a new cluster token.
     pub from_snapshot: Option<&'a Path>,
+    /// Called before the members start, once their names, peer URLs and data directories
+    /// ([`EtcdCluster::members`]) are fixed: it may build their data directories (a restore
+    /// that rebuilds a cluster).
+    pub before_start: Option<&'a dyn Fn(&EtcdCluster)>,
 }
 
 /// A running etcd cluster.
@@ -206,6 +210,9 @@ impl EtcdCluster {
                 cluster.restore_member(i, snapshot);
             }
         }
+        if let Some(before_start) = options.before_start {
+            before_start(&cluster);
+        }
         for i in 0..n {
             cluster.spawn(i);
         }
@@ -249,7 +256,17 @@ impl EtcdCluster {
         );
     }
 
-    /// The cluster token the members were started with.
+    /// Each member's name, peer URL and data directory.
+    pub fn members(&self) -> Vec<(String, String, PathBuf)> {
+        (0..self.members.len())
+            .map(|i| {
+                let m = &self.members[i];
+                (m.name.clone(), self.peer_url(i), m.data.clone())
+            })
+            .collect()
+    }
+
+    /// The cluster token new members are started with.
     pub fn token(&self) -> &str {
         &self.token
     }
