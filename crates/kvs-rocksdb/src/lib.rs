@@ -7,13 +7,14 @@
 //! path of transactions — are synced by default; plain puts are not, because a later synced
 //! WAL write makes every earlier write durable with it (see [`Durability`]).
 
+mod iter_pool;
 mod range;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ortelius_kvs::{
     validate_read_ts, validate_version_ts, CandidateCell, CandidateCellsRequest, CandidatePage,
@@ -23,6 +24,7 @@ use ortelius_kvs::{
 };
 use rocksdb::{DBRawIterator, Options, WriteBatch, WriteOptions, DB};
 
+use crate::iter_pool::IterPool;
 use crate::range::{collect_row, ColumnRangeIter, RocksRangeIter};
 use ortelius_kvs::keycodec::{self as keys, DecodedKey};
 
@@ -76,7 +78,9 @@ const ATOMIC_STRIPES: usize = 256;
 
 /// The RocksDB [`KeyValueService`].
 pub struct RocksDbKvs {
-    db: DB,
+    db: Arc<DB>,
+    /// Iterators reused by point reads (refreshed before each use).
+    iters: IterPool,
     dir: PathBuf,
     tables: RwLock<BTreeMap<TableRef, TableInfo>>,
     /// Serialises catalogue changes (create/drop), which read-modify-write the next table id.
@@ -123,11 +127,13 @@ impl RocksDbKvs {
 
     fn from_db(db: DB, dir: PathBuf, config: &RocksDbConfig) -> KvsResult<Self> {
         let tables = load_catalog(&db)?;
+        let db = Arc::new(db);
         let mut plain_writes = WriteOptions::default();
         plain_writes.set_sync(config.durability.sync_writes);
         let mut atomic_writes = WriteOptions::default();
         atomic_writes.set_sync(config.durability.sync_atomic_writes);
         Ok(Self {
+            iters: IterPool::new(db.clone()),
             db,
             dir,
             tables: RwLock::new(tables),
@@ -177,6 +183,7 @@ impl RocksDbKvs {
 
     /// Compacts the whole store (reclaims space after deletes); for maintenance and benchmarks.
     pub fn compact(&self) {
+        self.iters.clear();
         self.db.compact_range(None::<&[u8]>, None::<&[u8]>);
     }
 
@@ -225,6 +232,7 @@ impl RocksDbKvs {
         } else {
             &self.plain_writes
         };
+        self.iters.drop_idle();
         self.db.write_opt(batch, opts).map_err(storage)
     }
 
@@ -427,14 +435,15 @@ impl KeyValueService for RocksDbKvs {
             validate_read_ts(*ts)?;
         }
         let id = self.table_id(table)?;
-        let mut iter = self.iter();
-        let mut out = BTreeMap::new();
-        for (cell, ts) in cells {
-            if let Some(v) = Self::latest_below(&mut iter, id, cell, *ts)? {
-                out.insert(cell.clone(), v);
+        self.iters.with_iter(|iter| {
+            let mut out = BTreeMap::new();
+            for (cell, ts) in cells {
+                if let Some(v) = Self::latest_below(iter, id, cell, *ts)? {
+                    out.insert(cell.clone(), v);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn get_rows(
@@ -446,18 +455,19 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<BTreeMap<Cell, Value>> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        let mut iter = self.iter();
-        let mut out = BTreeMap::new();
-        for row in rows {
-            let prefix = keys::row_prefix(id, row);
-            iter.seek(&prefix);
-            if let Some(result) = collect_row(&mut iter, &prefix, columns, ts)? {
-                for (column, value) in result.columns {
-                    out.insert(Cell::new(row.clone(), column)?, value);
+        self.iters.with_iter(|iter| {
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let prefix = keys::row_prefix(id, row);
+                iter.seek(&prefix);
+                if let Some(result) = collect_row(iter, &prefix, columns, ts)? {
+                    for (column, value) in result.columns {
+                        out.insert(Cell::new(row.clone(), column)?, value);
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn get_range<'a>(
@@ -509,22 +519,23 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<BTreeMap<Cell, Vec<Timestamp>>> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        let mut iter = self.iter();
-        let mut out = BTreeMap::new();
-        for cell in cells {
-            let prefix = keys::cell_prefix(id, cell.row(), cell.column());
-            iter.seek(keys::with_ts(&prefix, ts - 1));
-            let mut all = Vec::new();
-            while let Some(v) = read_version(&iter, &prefix)? {
-                all.push(v.timestamp);
-                iter.next();
+        self.iters.with_iter(|iter| {
+            let mut out = BTreeMap::new();
+            for cell in cells {
+                let prefix = keys::cell_prefix(id, cell.row(), cell.column());
+                iter.seek(keys::with_ts(&prefix, ts - 1));
+                let mut all = Vec::new();
+                while let Some(v) = read_version(iter, &prefix)? {
+                    all.push(v.timestamp);
+                    iter.next();
+                }
+                if !all.is_empty() {
+                    all.reverse();
+                    out.insert(cell.clone(), all);
+                }
             }
-            if !all.is_empty() {
-                all.reverse();
-                out.insert(cell.clone(), all);
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn get_candidate_cells_for_sweeping(
@@ -609,14 +620,14 @@ impl KeyValueService for RocksDbKvs {
             .iter()
             .map(|(t, _)| self.table_id(t))
             .collect::<KvsResult<Vec<u32>>>()?;
+        // No check for a different value already at (cell, `ts`): the contract lets a
+        // transaction's data write overwrite (only that transaction writes at its start
+        // timestamp), which saves a memtable and bloom-filter probe per cell.
         let mut batch = WriteBatch::default();
-        for ((table, cells), id) in writes.iter().zip(ids) {
-            self.add_puts(
-                &mut batch,
-                table,
-                id,
-                cells.iter().map(|(c, v)| (c, ts, v.as_slice())),
-            )?;
+        for (cells, id) in writes.iter().map(|(_, cells)| cells).zip(ids) {
+            for (cell, value) in cells {
+                batch.put(keys::version_key(id, cell, ts), value);
+            }
         }
         self.write(batch, false)
     }
@@ -711,22 +722,25 @@ impl KeyValueService for RocksDbKvs {
         deletes: &[(Cell, TimestampRangeDelete)],
     ) -> KvsResult<()> {
         let id = self.table_id(table)?;
-        let mut iter = self.iter();
-        let mut batch = WriteBatch::default();
-        for (cell, range) in deletes {
-            let (min, max) = range.bounds();
-            let prefix = keys::cell_prefix(id, cell.row(), cell.column());
-            // Versions are newest first: start at `max`, stop below `min`. Point deletes (not a
-            // range tombstone per cell) keep later reads fast without waiting for compaction.
-            iter.seek(keys::with_ts(&prefix, max));
-            while let Some(v) = read_version(&iter, &prefix)? {
-                if v.timestamp < min {
-                    break;
+        let batch = self.iters.with_iter(|iter| {
+            let mut batch = WriteBatch::default();
+            for (cell, range) in deletes {
+                let (min, max) = range.bounds();
+                let prefix = keys::cell_prefix(id, cell.row(), cell.column());
+                // Versions are newest first: start at `max`, stop below `min`. Point deletes (not
+                // a range tombstone per cell) keep later reads fast without waiting for
+                // compaction.
+                iter.seek(keys::with_ts(&prefix, max));
+                while let Some(v) = read_version(iter, &prefix)? {
+                    if v.timestamp < min {
+                        break;
+                    }
+                    batch.delete(keys::with_ts(&prefix, v.timestamp));
+                    iter.next();
                 }
-                batch.delete(keys::with_ts(&prefix, v.timestamp));
-                iter.next();
             }
-        }
+            Ok(batch)
+        })?;
         self.write(batch, false)
     }
 

@@ -155,3 +155,62 @@ fn checkpoint_of_a_live_store_is_a_consistent_openable_copy() {
         "existing target refused"
     );
 }
+
+/// Bytes of SST files in a store's directory (obsolete ones included until RocksDB deletes them).
+fn sst_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sst"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn point_reads_reuse_iterators_yet_see_every_write_made_before_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvs = std::sync::Arc::new(open(dir.path()));
+    let t = TableRef::new("app", "t").unwrap();
+    kvs.create_table(&t, b"").unwrap();
+    let c = Cell::new("r", "c").unwrap();
+    for ts in 1..200i64 {
+        // Written on another thread, then read here with this thread's reused iterator.
+        let writer = kvs.clone();
+        let (t2, c2) = (t.clone(), c.clone());
+        std::thread::spawn(move || writer.put(&t2, &[(c2, ts.to_be_bytes().to_vec())], ts))
+            .join()
+            .unwrap()
+            .unwrap();
+        let got = kvs.get(&t, &[(c.clone(), MAX_READ_TS)]).unwrap();
+        assert_eq!(got[&c].timestamp, ts, "read missed the write at {ts}");
+        if ts % 50 == 0 {
+            kvs.compact();
+        }
+    }
+}
+
+#[test]
+fn reused_read_iterators_do_not_keep_compacted_files_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvs = open(dir.path());
+    let t = TableRef::new("app", "t").unwrap();
+    kvs.create_table(&t, b"").unwrap();
+    let writes: Vec<_> = (0..20_000u32)
+        .map(|i| (Cell::new(i.to_be_bytes(), "c").unwrap(), vec![7u8; 100]))
+        .collect();
+    kvs.put(&t, &writes, 1).unwrap();
+    kvs.compact();
+    let full = sst_bytes(dir.path());
+    assert!(full > 100_000, "the data is in SST files: {full} bytes");
+    // Reads leave iterators in the pool, positioned in (and pinning) the current files.
+    for (cell, _) in writes.iter().step_by(1000) {
+        kvs.get(&t, &[(cell.clone(), MAX_READ_TS)]).unwrap();
+    }
+    kvs.truncate_table(&t).unwrap();
+    kvs.compact();
+    let after = sst_bytes(dir.path());
+    assert!(
+        after < full / 10,
+        "compaction left {after} of {full} bytes of SST files on disk"
+    );
+}
