@@ -3,7 +3,12 @@
 //! throughput ratios (baseline time / our time) and the peak Rust heap of backup and restore
 //! (counting allocator; RocksDB's C++ allocations are not included).
 //!
-//! `cargo bench -p ortelius-backup --bench backup_vs_tar` (needs ~4 GiB of free disk).
+//! Then the same across filesystems: the backups, archives and copies go to
+//! `ORTELIUS_BENCH_OTHER_FS` (default `/dev/shm`, a tmpfs) and are restored from there onto the
+//! store's filesystem — the case that survives losing the store's disk.
+//!
+//! `cargo bench -p ortelius-backup --bench backup_vs_tar` (needs ~4 GiB of free disk and ~3 GiB
+//! on the other filesystem).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // The counting allocator needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
 #![allow(unsafe_code)]
@@ -80,6 +85,11 @@ fn main() {
             backup_heap =
                 CountingAllocator::peak_during(|| drop(backup(&source, &ours_dir).unwrap()))
         });
+        let other_fs =
+            std::env::var("ORTELIUS_BENCH_OTHER_FS").unwrap_or_else(|_| "/dev/shm".into());
+        let other = tempfile::tempdir_in(&other_fs).unwrap();
+        let t_backup_other =
+            timed(|| drop(backup(&source, &other.path().join("ortelius-backup")).unwrap()));
         drop(source);
         drop(kvs);
         drop(backend);
@@ -123,6 +133,43 @@ fn main() {
                 .arg(root.path().join("store-copy"))
                 .arg(root.path().join("copied-back")))
         });
+        // Across filesystems: to the other filesystem and back.
+        let t_tar_other = timed(|| {
+            sh(Command::new("tar")
+                .arg("-czf")
+                .arg(other.path().join("store.tgz"))
+                .arg("-C")
+                .arg(&store)
+                .arg("."))
+        });
+        let t_cp_other = timed(|| {
+            sh(Command::new("cp")
+                .arg("-r")
+                .arg(&store)
+                .arg(other.path().join("store-copy")))
+        });
+        let t_restore_other = timed(|| {
+            let target = ortelius_backends::restore_target(&StoreConfig::Rocksdb {
+                data_dir: root.path().join("restored-from-other"),
+            })
+            .unwrap();
+            drop(restore(&other.path().join("ortelius-backup"), &*target).unwrap())
+        });
+        let untar_other = root.path().join("untarred-from-other");
+        std::fs::create_dir_all(&untar_other).unwrap();
+        let t_untar_other = timed(|| {
+            sh(Command::new("tar")
+                .arg("-xzf")
+                .arg(other.path().join("store.tgz"))
+                .arg("-C")
+                .arg(&untar_other))
+        });
+        let t_cp_back_other = timed(|| {
+            sh(Command::new("cp")
+                .arg("-r")
+                .arg(other.path().join("store-copy"))
+                .arg(root.path().join("copied-back-from-other")))
+        });
         let gib = store_bytes as f64 / (1u64 << 30) as f64;
         println!("backup bench: store {gib:.2} GiB on disk");
         println!(
@@ -134,6 +181,25 @@ fn main() {
             "restore: ortelius {:.2}s | tar -xzf {:.2}s (ratio {:.1}x, target >= 3x) | cp -r {:.2}s (ratio {:.2}x, target >= 0.8x)",
             t_restore.as_secs_f64(), t_untar.as_secs_f64(), t_untar.as_secs_f64() / t_restore.as_secs_f64(),
             t_cp_back.as_secs_f64(), t_cp_back.as_secs_f64() / t_restore.as_secs_f64()
+        );
+        let line = |what: &str, ours: Duration, tar: Duration, cp: Duration| {
+            println!(
+                "{what}: ortelius {:.2}s | tar {:.2}s (ratio {:.1}x, target >= 5x) | cp -r {:.2}s (ratio {:.2}x, target >= 0.9x)",
+                ours.as_secs_f64(), tar.as_secs_f64(), tar.as_secs_f64() / ours.as_secs_f64(),
+                cp.as_secs_f64(), cp.as_secs_f64() / ours.as_secs_f64()
+            )
+        };
+        line(
+            &format!("backup to {other_fs}"),
+            t_backup_other,
+            t_tar_other,
+            t_cp_other,
+        );
+        line(
+            &format!("restore from {other_fs}"),
+            t_restore_other,
+            t_untar_other,
+            t_cp_back_other,
         );
         println!(
             "memory:  peak Rust heap during backup {:.1} MiB, during restore {:.1} MiB (target < 256 MiB)",

@@ -1,12 +1,15 @@
 //! The cost of the contract layer: the Ortelius RocksDB backend against raw `rocksdb` calls doing
 //! the same logical work on the same data, in the same run. Each group has a `raw` and an
 //! `ortelius` function; `scripts/bench-ratios.py` prints raw-time / ortelius-time per group
-//! (1.0 = no overhead; the targets are ≥ 0.9 for get and put, ≥ 0.8 for scans).
+//! (1.0 = no overhead; the targets are ≥ 0.9 for get and put, ≥ 0.8 for scans). Point gets
+//! and puts also run from 8 threads at once (`_8t`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ortelius_kvs::testing::parallel;
 use ortelius_kvs::{Cell, KeyValueService, RangeRequest, RowRange, TableRef, MAX_READ_TS};
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
 use rocksdb::{WriteOptions, DB};
@@ -144,5 +147,46 @@ fn range_scan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, point_get, put, range_scan);
+/// Point gets and unsynced puts from 8 threads at once, on the same data.
+fn eight_threads(c: &mut Criterion) {
+    let s = stores();
+    let get = |s: &Stores, i: u64| {
+        let i = i.wrapping_mul(7919) % KEYS;
+        let cell = Cell::new(row(i), "v").unwrap();
+        black_box(s.kvs.get(&s.table, &[(cell, MAX_READ_TS)]).unwrap());
+    };
+    let raw_get = |s: &Stores, i: u64| {
+        black_box(s.raw.get(row(i.wrapping_mul(7919) % KEYS)).unwrap());
+    };
+    let mut unsynced = WriteOptions::default();
+    unsynced.set_sync(false);
+    // Every put writes a key not written before (rewriting one would take another path).
+    let fresh = std::sync::atomic::AtomicU64::new(2 * KEYS);
+    let next = || fresh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let put = |s: &Stores| {
+        let cell = Cell::new(row(next()), "v").unwrap();
+        s.kvs.put(&s.table, &[(cell, VALUE.to_vec())], 1).unwrap()
+    };
+    let raw_put = |s: &Stores| s.raw.put_opt(row(next()), VALUE, &unsynced).unwrap();
+    let mut group = c.benchmark_group("point_get_8t");
+    group.measurement_time(Duration::from_secs(4));
+    group.bench_function("raw", |b| {
+        b.iter_custom(|iters| parallel(iters, 8, |_, i| raw_get(&s, i)))
+    });
+    group.bench_function("ortelius", |b| {
+        b.iter_custom(|iters| parallel(iters, 8, |_, i| get(&s, i)))
+    });
+    group.finish();
+    let mut group = c.benchmark_group("put_8t");
+    group.measurement_time(Duration::from_secs(4));
+    group.bench_function("raw", |b| {
+        b.iter_custom(|iters| parallel(iters, 8, |_, _| raw_put(&s)))
+    });
+    group.bench_function("ortelius", |b| {
+        b.iter_custom(|iters| parallel(iters, 8, |_, _| put(&s)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, point_get, put, range_scan, eight_threads);
 criterion_main!(benches);

@@ -457,10 +457,11 @@ impl KeyValueService for RocksDbKvs {
         let id = self.table_id(table)?;
         self.iters.with_iter(|iter| {
             let mut out = BTreeMap::new();
+            let mut cell_prefix = Vec::new();
             for row in rows {
                 let prefix = keys::row_prefix(id, row);
                 iter.seek(&prefix);
-                if let Some(result) = collect_row(iter, &prefix, columns, ts)? {
+                if let Some(result) = collect_row(iter, &prefix, columns, ts, &mut cell_prefix)? {
                     for (column, value) in result.columns {
                         out.insert(Cell::new(row.clone(), column)?, value);
                     }

@@ -33,25 +33,24 @@ fn advance_to(iter: &mut DBRawIterator<'_>, target: &[u8]) {
 }
 
 /// Reads the cells of one row, from the iterator's position up to `upper` (exclusive; `None`
-/// = the end of the row), keeping columns accepted by `select` and their newest version `< ts`.
-/// Leaves the iterator after the last key read. Returns the row's cells in column order.
+/// = the end of the row), handing `found` each column accepted by `select` with its newest
+/// version `< ts`, in column order. Leaves the iterator after the last key read. `cell_prefix`
+/// is scratch space, reused across cells and rows to save an allocation per cell.
 pub(crate) fn collect_cells(
     iter: &mut DBRawIterator<'_>,
     row_prefix: &[u8],
     upper: Option<&[u8]>,
     select: &dyn Fn(&[u8]) -> bool,
     ts: Timestamp,
-) -> KvsResult<Vec<(Vec<u8>, Value)>> {
-    let mut out = Vec::new();
-    // The current cell's prefix, reused across cells to avoid an allocation per cell.
-    let mut cell_prefix = Vec::new();
+    cell_prefix: &mut Vec<u8>,
+    found: &mut dyn FnMut(Vec<u8>, Value),
+) -> KvsResult<()> {
     loop {
         let Some(key) = iter.key() else {
-            iter.status().map_err(storage)?;
-            return Ok(out);
+            return iter.status().map_err(storage);
         };
         if !key.starts_with(row_prefix) || upper.is_some_and(|u| key >= u) {
-            return Ok(out);
+            return Ok(());
         }
         let layout = keys::layout(key)?;
         cell_prefix.clear();
@@ -60,19 +59,19 @@ pub(crate) fn collect_cells(
         if select(&column) {
             let version_ts = keys::ts_of(key, layout.cell_end).unwrap_or(ts);
             if version_ts >= ts {
-                advance_to(iter, &keys::with_ts(&cell_prefix, ts - 1));
+                advance_to(iter, &keys::with_ts(cell_prefix, ts - 1));
             }
             if let (Some(k), Some(v)) = (iter.key(), iter.value()) {
-                if k.starts_with(&cell_prefix) {
+                if k.starts_with(cell_prefix) {
                     let version_ts =
                         keys::ts_of(k, cell_prefix.len()).ok_or_else(|| KvsError::Corruption {
                             detail: format!("malformed version key {}", k.escape_ascii()),
                         })?;
-                    out.push((column, Value::new(v, version_ts)));
+                    found(column, Value::new(v, version_ts));
                 }
             }
         }
-        skip_cell(iter, &cell_prefix);
+        skip_cell(iter, cell_prefix);
     }
 }
 
@@ -91,24 +90,36 @@ fn skip_cell(iter: &mut DBRawIterator<'_>, cell_prefix: &[u8]) {
 }
 
 /// Reads the whole row the iterator is positioned in (at `row_prefix`); `None` when no
-/// selected cell has a version below `ts`.
+/// selected cell has a version below `ts`. `cell_prefix` is scratch space.
 pub(crate) fn collect_row(
     iter: &mut DBRawIterator<'_>,
     row_prefix: &[u8],
     columns: &ColumnSelection,
     ts: Timestamp,
+    cell_prefix: &mut Vec<u8>,
 ) -> KvsResult<Option<RowResult>> {
     let row = match iter.key() {
         Some(k) if k.starts_with(row_prefix) => keys::row_of(k, keys::layout(k)?),
         _ => return Ok(None),
     };
-    let cells = collect_cells(iter, row_prefix, None, &|c| columns.contains(c), ts)?;
+    let mut cells = BTreeMap::new();
+    collect_cells(
+        iter,
+        row_prefix,
+        None,
+        &|c| columns.contains(c),
+        ts,
+        cell_prefix,
+        &mut |column, value| {
+            cells.insert(column, value);
+        },
+    )?;
     if cells.is_empty() {
         return Ok(None);
     }
     Ok(Some(RowResult {
         row,
-        columns: cells.into_iter().collect::<BTreeMap<_, _>>(),
+        columns: cells,
     }))
 }
 
@@ -120,6 +131,9 @@ pub(crate) struct RocksRangeIter<'a> {
     reverse: bool,
     started: bool,
     lower: Vec<u8>,
+    /// Scratch space reused across rows: the current row's key prefix, and a cell's.
+    row_prefix: Vec<u8>,
+    cell_prefix: Vec<u8>,
 }
 
 impl<'a> RocksRangeIter<'a> {
@@ -148,6 +162,8 @@ impl<'a> RocksRangeIter<'a> {
             reverse: request.reverse,
             started: false,
             lower,
+            row_prefix: Vec::new(),
+            cell_prefix: Vec::new(),
         }
     }
 
@@ -168,16 +184,21 @@ impl<'a> RocksRangeIter<'a> {
                 iter.status().map_err(storage)?;
                 return Ok(None);
             };
-            let row_prefix = key[..keys::layout(key)?.row_end].to_vec();
+            let row_prefix = &mut self.row_prefix;
+            row_prefix.clear();
+            row_prefix.extend_from_slice(&key[..keys::layout(key)?.row_end]);
+            let cell_prefix = &mut self.cell_prefix;
             if self.reverse {
-                iter.seek(&row_prefix);
-                let row = collect_row(iter, &row_prefix, &self.columns, self.ts)?;
+                iter.seek(&*row_prefix);
+                let row = collect_row(iter, row_prefix, &self.columns, self.ts, cell_prefix)?;
                 // The last key before this row (no key equals a bare row prefix).
-                iter.seek_for_prev(&row_prefix);
+                iter.seek_for_prev(&*row_prefix);
                 if row.is_some() {
                     return Ok(row);
                 }
-            } else if let Some(row) = collect_row(iter, &row_prefix, &self.columns, self.ts)? {
+            } else if let Some(row) =
+                collect_row(iter, row_prefix, &self.columns, self.ts, cell_prefix)?
+            {
                 return Ok(Some(row));
             }
         }
@@ -239,12 +260,15 @@ impl<'a> ColumnRangeIter<'a> {
         let upper = (!self.columns.end.is_empty())
             .then(|| keys::cell_prefix(self.table_id, &row, &self.columns.end));
         self.iter.seek(&start);
-        let cells = collect_cells(
+        let mut cells = Vec::new();
+        collect_cells(
             &mut self.iter,
             &row_prefix,
             upper.as_deref(),
             &|_| true,
             self.ts,
+            &mut Vec::new(),
+            &mut |column, value| cells.push((column, value)),
         )?;
         for (column, value) in cells {
             self.buffer

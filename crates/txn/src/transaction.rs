@@ -167,28 +167,46 @@ impl Transaction {
         Ok(())
     }
 
-    fn local_writes(&self, table: &TableRef) -> TxnResult<BTreeMap<Cell, Vec<u8>>> {
-        Ok(lock(&self.writes)?.get(table).cloned().unwrap_or_default())
+    /// This transaction's own writes to cells of `table` accepted by `wanted`, in cell order
+    /// (copied under the lock: only the matching ones).
+    fn local_writes(
+        &self,
+        table: &TableRef,
+        wanted: impl Fn(&Cell) -> bool,
+    ) -> TxnResult<Vec<(Cell, Vec<u8>)>> {
+        Ok(lock(&self.writes)?
+            .get(table)
+            .into_iter()
+            .flatten()
+            .filter(|(cell, _)| wanted(cell))
+            .map(|(cell, value)| (cell.clone(), value.clone()))
+            .collect())
     }
 
     /// The current values of `cells` (absent when never written or deleted).
     pub fn get(&self, table: &TableRef, cells: &[Cell]) -> TxnResult<BTreeMap<Cell, Vec<u8>>> {
         self.ensure_open()?;
         self.check_table(table)?;
-        let local = self.local_writes(table)?;
-        let from_store: Vec<Cell> = cells
-            .iter()
-            .filter(|c| !local.contains_key(c))
-            .cloned()
-            .collect();
+        // Each cell is either one this transaction wrote (its buffered value, maybe a delete)
+        // or one to read from the store.
+        let mut from_store = Vec::with_capacity(cells.len());
+        let mut local = Vec::new();
+        {
+            let writes = lock(&self.writes)?;
+            let written = writes.get(table);
+            for cell in cells {
+                match written.and_then(|w| w.get(cell)) {
+                    Some(value) => local.push((cell.clone(), value.clone())),
+                    None => from_store.push(cell.clone()),
+                }
+            }
+        }
         let seen = non_empty(self.reader().get_cells(table, &from_store)?);
         self.record(table, ReadSpec::Cells(from_store), &seen)?;
         let mut out = seen;
-        for cell in cells {
-            if let Some(v) = local.get(cell) {
-                if !v.is_empty() {
-                    out.insert(cell.clone(), v.clone());
-                }
+        for (cell, value) in local {
+            if !value.is_empty() {
+                out.insert(cell, value);
             }
         }
         Ok(out)
@@ -211,13 +229,13 @@ impl Transaction {
         let seen = non_empty(self.reader().get_rows(table, rows, columns)?);
         self.record(table, ReadSpec::Rows(rows.to_vec(), columns.clone()), &seen)?;
         let mut out = seen;
-        for (cell, value) in self.local_writes(table)? {
-            if rows.iter().any(|r| r == cell.row()) && columns.contains(cell.column()) {
-                if value.is_empty() {
-                    out.remove(&cell);
-                } else {
-                    out.insert(cell, value);
-                }
+        let wanted =
+            |cell: &Cell| rows.iter().any(|r| r == cell.row()) && columns.contains(cell.column());
+        for (cell, value) in self.local_writes(table, wanted)? {
+            if value.is_empty() {
+                out.remove(&cell);
+            } else {
+                out.insert(cell, value);
             }
         }
         Ok(out)
@@ -239,13 +257,12 @@ impl Transaction {
             &seen,
         )?;
         let mut out = seen;
-        for (cell, value) in self.local_writes(table)? {
-            if cell.row() == row && columns.contains(cell.column()) {
-                if value.is_empty() {
-                    out.remove(&cell);
-                } else {
-                    out.insert(cell, value);
-                }
+        let wanted = |cell: &Cell| cell.row() == row && columns.contains(cell.column());
+        for (cell, value) in self.local_writes(table, wanted)? {
+            if value.is_empty() {
+                out.remove(&cell);
+            } else {
+                out.insert(cell, value);
             }
         }
         Ok(out.into_iter().collect())
@@ -261,10 +278,10 @@ impl Transaction {
         self.ensure_open()?;
         self.check_table(table)?;
         let mut local: Vec<Row> = Vec::new();
-        for (cell, value) in self.local_writes(table)? {
-            if !request.rows.contains(cell.row()) || !request.columns.contains(cell.column()) {
-                continue;
-            }
+        let wanted = |cell: &Cell| {
+            request.rows.contains(cell.row()) && request.columns.contains(cell.column())
+        };
+        for (cell, value) in self.local_writes(table, wanted)? {
             let (row, column) = cell.into_parts();
             match local.last_mut() {
                 Some(last) if last.row == row => {
