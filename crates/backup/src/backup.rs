@@ -1,9 +1,12 @@
 //! Taking a backup: the live runbook in one step.
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use ortelius_kvs::snapshot::for_each_in_parallel;
 use ortelius_kvs::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -429,7 +432,7 @@ fn store_files(
     record: &SnapshotRecord,
     options: &BackupOptions,
     parent: Option<&(Parent, Manifest)>,
-    check: &dyn Fn() -> Result<()>,
+    check: &(dyn Fn() -> Result<()> + Sync),
     progress: Progress<'_>,
 ) -> Result<(Vec<FileEntry>, u64)> {
     let store = dir.join(STORE_DIR);
@@ -446,7 +449,32 @@ fn store_files(
         .map(|f| f.size)
         .sum::<u64>()
         .saturating_sub(resumed_bytes);
+    // Files stored as they are (no compression, no encryption) are checksummed up front, on
+    // every core; the loop below journals them in order.
+    let mut checksums = BTreeMap::new();
     let mut done = 0u64;
+    if !options.compress && options.encrypt.is_none() {
+        let todo: Vec<&RawFile> = record
+            .files
+            .iter()
+            .filter(|f| journal.get(&f.path).is_none())
+            .collect();
+        let found = Mutex::new(BTreeMap::new());
+        let read = AtomicU64::new(0);
+        for_each_in_parallel(&todo, |raw| -> Result<()> {
+            check()?;
+            let digest = sha256_file(&store.join(&raw.path), &mut |n| {
+                let now = read.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+                progress("storing", now, total);
+            })?;
+            if let Ok(mut found) = found.lock() {
+                found.insert(raw.path.clone(), digest);
+            }
+            Ok(())
+        })?;
+        checksums = found.into_inner().unwrap_or_default();
+        done = read.into_inner();
+    }
     let mut entries = Vec::with_capacity(record.files.len());
     for raw in &record.files {
         let source = store.join(&raw.path);
@@ -497,7 +525,7 @@ fn store_files(
         if input != source {
             std::fs::rename(&input, &stored).map_err(io("cannot write", &stored))?;
         }
-        let (size, sha256) = match digest {
+        let (size, sha256) = match digest.or_else(|| checksums.remove(&raw.path)) {
             Some(digest) => digest,
             None => sha256_file(&stored, &mut read_raw)?,
         };

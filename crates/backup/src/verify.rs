@@ -2,7 +2,9 @@
 //! snapshot and check the transactions table against F).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use ortelius_kvs::snapshot::for_each_in_parallel;
 use ortelius_kvs::TableRef;
 use ortelius_txn::{TransactionsTable, TxnStatus, TRANSACTIONS_TABLE};
 
@@ -57,7 +59,8 @@ pub(crate) fn verify_files(
         .filter(|f| !skip(f))
         .map(|f| f.size)
         .sum();
-    let mut done = 0u64;
+    // Paths and presence first, in manifest order; then the checksums, on every core.
+    let mut work = Vec::new();
     for file in &manifest.files {
         if Path::new(&file.path)
             .components()
@@ -75,9 +78,13 @@ pub(crate) fn verify_files(
         if !path.exists() {
             return Err(corrupt(format!("{} is missing", file.path)));
         }
-        let (size, sha256) = sha256_file(&path, &mut |n| {
-            done += n;
-            progress("verifying", done, total);
+        work.push((file, path));
+    }
+    let done = AtomicU64::new(0);
+    let check = |(file, path): &(&FileEntry, PathBuf)| -> Result<()> {
+        let (size, sha256) = sha256_file(path, &mut |n| {
+            let now = done.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+            progress("verifying", now, total);
         })?;
         if size != file.size || sha256 != file.sha256 {
             return Err(corrupt(format!(
@@ -86,9 +93,11 @@ pub(crate) fn verify_files(
             )));
         }
         if let (Some(_), Some(key)) = (&manifest.encryption, key) {
-            crypt::decrypt(&path, key, None).map_err(|e| corrupt(format!("{}: {e}", file.path)))?;
+            crypt::decrypt(path, key, None).map_err(|e| corrupt(format!("{}: {e}", file.path)))?;
         }
-    }
+        Ok(())
+    };
+    for_each_in_parallel(&work, check)?;
     Ok(manifest)
 }
 

@@ -2,6 +2,7 @@
 //! 10 000 accounts, write both) for 60 s while a sweeper removes the versions they supersede.
 //! Prints transactions per second for every 10 s window and overall, the versions swept and the
 //! live data size at the end, so a slowdown as versions pile up (or as sweep competes) shows.
+//! Readers time out after 5 s (default: an hour), so sweep may remove versions older than that.
 //!
 //! `cargo bench -p ortelius-kvs-rocksdb --bench sustained`; `ORTELIUS_BENCH_SECS` sets the
 //! duration (default 60).
@@ -37,7 +38,12 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let rocks = Arc::new(RocksDbKvs::open(dir.path(), &RocksDbConfig::default()).unwrap());
     let kvs: Arc<dyn KeyValueService> = rocks.clone();
-    let m = TransactionManager::embedded(kvs.clone(), TransactionConfig::default()).unwrap();
+    let config = TransactionConfig {
+        read_timeout: Duration::from_secs(5),
+        punch_interval: Duration::from_secs(1),
+        ..TransactionConfig::default()
+    };
+    let m = TransactionManager::embedded(kvs.clone(), config).unwrap();
     let t = TableRef::new("bench", "accounts").unwrap();
     m.create_table(&t, TableMetadata::default()).unwrap();
     for chunk in (0..ACCOUNTS).collect::<Vec<_>>().chunks(1000) {

@@ -203,3 +203,36 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
         })
         .collect()
 }
+
+/// Runs `task` on every item on as many threads as there are cores, items taken in order as
+/// threads free up: for per-file work on snapshots (copies, checksums) that one core or one
+/// outstanding I/O at a time would leave slow. Stops handing out items after the first
+/// failure and returns it; a panic in a task goes on in the caller's thread.
+pub fn for_each_in_parallel<T: Sync, E: Send>(
+    items: &[T],
+    task: impl Fn(&T) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || -> Result<(), E> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(item) = items.get(i) else {
+                return Ok(());
+            };
+            if let Err(e) = task(item) {
+                next.store(items.len(), std::sync::atomic::Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(worker)).collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
+}
