@@ -40,6 +40,33 @@ fn sh(cmd: &mut Command) {
     assert!(status.success(), "{cmd:?} failed");
 }
 
+/// `tar -czf archive -C dir .`
+fn tar_czf(archive: impl AsRef<Path>, dir: impl AsRef<Path>) {
+    sh(Command::new("tar")
+        .arg("-czf")
+        .arg(archive.as_ref())
+        .arg("-C")
+        .arg(dir.as_ref())
+        .arg("."))
+}
+
+/// `tar -xzf archive -C dir`
+fn tar_xzf(archive: impl AsRef<Path>, dir: impl AsRef<Path>) {
+    sh(Command::new("tar")
+        .arg("-xzf")
+        .arg(archive.as_ref())
+        .arg("-C")
+        .arg(dir.as_ref()))
+}
+
+/// `cp -r from to`
+fn cp_r(from: impl AsRef<Path>, to: impl AsRef<Path>) {
+    sh(Command::new("cp")
+        .arg("-r")
+        .arg(from.as_ref())
+        .arg(to.as_ref()))
+}
+
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .unwrap()
@@ -94,20 +121,8 @@ fn main() {
         drop(kvs);
         drop(backend);
         let store_bytes = dir_bytes(&store);
-        let t_tar = timed(|| {
-            sh(Command::new("tar")
-                .arg("-czf")
-                .arg(root.path().join("store.tgz"))
-                .arg("-C")
-                .arg(&store)
-                .arg("."))
-        });
-        let t_cp = timed(|| {
-            sh(Command::new("cp")
-                .arg("-r")
-                .arg(&store)
-                .arg(root.path().join("store-copy")))
-        });
+        let t_tar = timed(|| tar_czf(root.path().join("store.tgz"), &store));
+        let t_cp = timed(|| cp_r(&store, root.path().join("store-copy")));
         let mut restore_heap = 0;
         let t_restore = timed(|| {
             restore_heap = CountingAllocator::peak_during(|| {
@@ -120,34 +135,16 @@ fn main() {
         });
         let untar = root.path().join("untarred");
         std::fs::create_dir_all(&untar).unwrap();
-        let t_untar = timed(|| {
-            sh(Command::new("tar")
-                .arg("-xzf")
-                .arg(root.path().join("store.tgz"))
-                .arg("-C")
-                .arg(&untar))
-        });
+        let t_untar = timed(|| tar_xzf(root.path().join("store.tgz"), &untar));
         let t_cp_back = timed(|| {
-            sh(Command::new("cp")
-                .arg("-r")
-                .arg(root.path().join("store-copy"))
-                .arg(root.path().join("copied-back")))
+            cp_r(
+                root.path().join("store-copy"),
+                root.path().join("copied-back"),
+            )
         });
         // Across filesystems: to the other filesystem and back.
-        let t_tar_other = timed(|| {
-            sh(Command::new("tar")
-                .arg("-czf")
-                .arg(other.path().join("store.tgz"))
-                .arg("-C")
-                .arg(&store)
-                .arg("."))
-        });
-        let t_cp_other = timed(|| {
-            sh(Command::new("cp")
-                .arg("-r")
-                .arg(&store)
-                .arg(other.path().join("store-copy")))
-        });
+        let t_tar_other = timed(|| tar_czf(other.path().join("store.tgz"), &store));
+        let t_cp_other = timed(|| cp_r(&store, other.path().join("store-copy")));
         let t_restore_other = timed(|| {
             let target = ortelius_backends::restore_target(&StoreConfig::Rocksdb {
                 data_dir: root.path().join("restored-from-other"),
@@ -157,18 +154,12 @@ fn main() {
         });
         let untar_other = root.path().join("untarred-from-other");
         std::fs::create_dir_all(&untar_other).unwrap();
-        let t_untar_other = timed(|| {
-            sh(Command::new("tar")
-                .arg("-xzf")
-                .arg(other.path().join("store.tgz"))
-                .arg("-C")
-                .arg(&untar_other))
-        });
+        let t_untar_other = timed(|| tar_xzf(other.path().join("store.tgz"), &untar_other));
         let t_cp_back_other = timed(|| {
-            sh(Command::new("cp")
-                .arg("-r")
-                .arg(other.path().join("store-copy"))
-                .arg(root.path().join("copied-back-from-other")))
+            cp_r(
+                other.path().join("store-copy"),
+                root.path().join("copied-back-from-other"),
+            )
         });
         let gib = store_bytes as f64 / (1u64 << 30) as f64;
         println!("backup bench: store {gib:.2} GiB on disk");

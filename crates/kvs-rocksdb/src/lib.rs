@@ -275,9 +275,10 @@ impl RocksDbKvs {
         cell: &Cell,
         ts: Timestamp,
     ) -> KvsResult<Option<Value>> {
-        let prefix = keys::cell_prefix(table_id, cell.row(), cell.column());
-        iter.seek(keys::with_ts(&prefix, ts - 1));
-        read_version(iter, &prefix)
+        // One buffer: the seek key, whose first bytes are the cell's prefix.
+        let key = keys::version_key(table_id, cell, ts - 1);
+        iter.seek(&key);
+        read_version(iter, &key[..key.len().saturating_sub(keys::TS_LEN)])
     }
 }
 

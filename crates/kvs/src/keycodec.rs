@@ -28,7 +28,7 @@ pub const NEXT_TABLE_ID_KEY: &[u8] = &[0x00, b'N'];
 const DATA: u8 = 0x01;
 const TERMINATOR: [u8; 2] = [0x00, 0x01];
 const TABLE_PREFIX_LEN: usize = 5;
-const TS_LEN: usize = 8;
+pub const TS_LEN: usize = 8;
 
 pub fn catalog_key(qualified_name: &str) -> Vec<u8> {
     let mut key = CATALOG_TABLE_PREFIX.to_vec();
@@ -64,8 +64,10 @@ fn escape_into(out: &mut Vec<u8>, name: &[u8]) {
 
 /// The prefix shared by every version of the row's cells; also the row's smallest key.
 pub fn row_prefix(table_id: u32, row: &[u8]) -> Vec<u8> {
+    // Room for the row, and usually for a short column and a timestamp after it.
     let mut key = Vec::with_capacity(TABLE_PREFIX_LEN + row.len() + 2 + 16);
-    key.extend_from_slice(&table_start(table_id));
+    key.push(DATA);
+    key.extend_from_slice(&table_id.to_be_bytes());
     escape_into(&mut key, row);
     key
 }

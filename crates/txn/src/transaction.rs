@@ -1,6 +1,7 @@
 //! A transaction: a write buffer plus read state. Reads see the snapshot at `start_ts` merged
 //! with the transaction's own writes; nothing reaches the store before commit.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -151,16 +152,18 @@ impl Transaction {
         Ok(handler.checks_read_write() || (self.serializable && handler.checks_write_write()))
     }
 
+    /// Records a read for validation at commit, if this table's reads need it (`spec` is only
+    /// built then).
     fn record(
         &self,
         table: &TableRef,
-        spec: ReadSpec,
+        spec: impl FnOnce() -> ReadSpec,
         seen: &BTreeMap<Cell, Vec<u8>>,
     ) -> TxnResult<()> {
         if self.records_reads(table)? {
             lock(&self.reads)?.push(ReadRecord {
                 table: table.clone(),
-                spec,
+                spec: spec(),
                 seen: seen.clone(),
             });
         }
@@ -188,21 +191,26 @@ impl Transaction {
         self.ensure_open()?;
         self.check_table(table)?;
         // Each cell is either one this transaction wrote (its buffered value, maybe a delete)
-        // or one to read from the store.
-        let mut from_store = Vec::with_capacity(cells.len());
+        // or one to read from the store: all of them when it wrote nothing in this table.
         let mut local = Vec::new();
-        {
+        let from_store: Cow<'_, [Cell]> = {
             let writes = lock(&self.writes)?;
-            let written = writes.get(table);
-            for cell in cells {
-                match written.and_then(|w| w.get(cell)) {
-                    Some(value) => local.push((cell.clone(), value.clone())),
-                    None => from_store.push(cell.clone()),
+            match writes.get(table) {
+                None => Cow::Borrowed(cells),
+                Some(written) => {
+                    let mut from_store = Vec::with_capacity(cells.len());
+                    for cell in cells {
+                        match written.get(cell) {
+                            Some(value) => local.push((cell.clone(), value.clone())),
+                            None => from_store.push(cell.clone()),
+                        }
+                    }
+                    Cow::Owned(from_store)
                 }
             }
-        }
+        };
         let seen = non_empty(self.reader().get_cells(table, &from_store)?);
-        self.record(table, ReadSpec::Cells(from_store), &seen)?;
+        self.record(table, || ReadSpec::Cells(from_store.into_owned()), &seen)?;
         let mut out = seen;
         for (cell, value) in local {
             if !value.is_empty() {
@@ -227,7 +235,11 @@ impl Transaction {
         self.ensure_open()?;
         self.check_table(table)?;
         let seen = non_empty(self.reader().get_rows(table, rows, columns)?);
-        self.record(table, ReadSpec::Rows(rows.to_vec(), columns.clone()), &seen)?;
+        self.record(
+            table,
+            || ReadSpec::Rows(rows.to_vec(), columns.clone()),
+            &seen,
+        )?;
         let mut out = seen;
         let wanted =
             |cell: &Cell| rows.iter().any(|r| r == cell.row()) && columns.contains(cell.column());
@@ -253,7 +265,7 @@ impl Transaction {
         let seen = non_empty(self.reader().get_column_range(table, row, columns)?);
         self.record(
             table,
-            ReadSpec::ColumnRange(row.to_vec(), columns.clone()),
+            || ReadSpec::ColumnRange(row.to_vec(), columns.clone()),
             &seen,
         )?;
         let mut out = seen;
