@@ -7,9 +7,9 @@
 //! what a new one would, so reads keep their meaning.
 //!
 //! An idle pooled iterator pins the memtables and files that were current when it was last
-//! refreshed, so files made obsolete by a compaction stay on disk while it idles. Writes drop
-//! iterators idle for longer than [`MAX_IDLE`], and [`IterPool::clear`] drops them all (before a
-//! compaction or a checkpoint).
+//! refreshed, so files made obsolete by a compaction stay on disk while it idles. Each write
+//! visits one shard in turn and drops its iterators idle for longer than [`MAX_IDLE`], and
+//! [`IterPool::clear`] drops them all (before a compaction).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +39,8 @@ type Shard = Mutex<Vec<(OwnedIter, Instant)>>;
 pub(crate) struct IterPool {
     db: Arc<DB>,
     shards: Vec<Shard>,
+    /// The shard the next [`IterPool::drop_idle`] visits.
+    next_to_prune: AtomicUsize,
 }
 
 /// This thread's shard number (threads are numbered as they first read).
@@ -53,6 +55,7 @@ impl IterPool {
         Self {
             db,
             shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            next_to_prune: AtomicUsize::new(0),
         }
     }
 
@@ -83,18 +86,16 @@ impl IterPool {
         OwnedIter::new(self.db.clone(), |db| db.raw_iterator())
     }
 
-    /// Drops iterators idle for longer than [`MAX_IDLE`] from this thread's shard and the next
-    /// one (so every shard is visited as writes go by), where no reader holds the lock.
+    /// Drops the iterators idle for longer than [`MAX_IDLE`] from the next shard in turn (so a
+    /// single writing thread visits them all), unless a reader holds its lock right now.
     pub(crate) fn drop_idle(&self) {
-        let first = shard_of_thread();
-        for shard in [first, (first + 1) % SHARDS] {
-            if let Ok(mut idle) = self.shards[shard].try_lock() {
-                if idle
-                    .first()
-                    .is_some_and(|(_, used)| used.elapsed() > MAX_IDLE)
-                {
-                    idle.retain(|(_, used)| used.elapsed() <= MAX_IDLE);
-                }
+        let shard = self.next_to_prune.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        if let Ok(mut idle) = self.shards[shard].try_lock() {
+            if idle
+                .first()
+                .is_some_and(|(_, used)| used.elapsed() > MAX_IDLE)
+            {
+                idle.retain(|(_, used)| used.elapsed() <= MAX_IDLE);
             }
         }
     }
@@ -106,5 +107,48 @@ impl IterPool {
                 idle.clear();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pooled(pool: &IterPool) -> usize {
+        pool.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+    }
+
+    #[test]
+    fn writes_from_one_thread_drop_every_shard_s_idle_iterators() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = IterPool::new(Arc::new(DB::open_default(dir.path()).unwrap()));
+        // Readers on several threads leave iterators in several shards.
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    pool.with_iter(|it| {
+                        it.seek_to_first();
+                        Ok(())
+                    })
+                    .unwrap()
+                });
+            }
+        });
+        assert_eq!(pooled(&pool), 6);
+        for _ in 0..SHARDS {
+            pool.drop_idle();
+        }
+        assert_eq!(pooled(&pool), 6, "recently used iterators are kept");
+        std::thread::sleep(MAX_IDLE + Duration::from_millis(100));
+        // One thread's writes: each visits the next shard.
+        for _ in 0..SHARDS {
+            pool.drop_idle();
+        }
+        assert_eq!(
+            pooled(&pool),
+            0,
+            "idle iterators are dropped from every shard"
+        );
     }
 }

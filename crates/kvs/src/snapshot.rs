@@ -236,3 +236,44 @@ pub fn for_each_in_parallel<T: Sync, E: Send>(
         })
     })
 }
+
+#[cfg(test)]
+mod parallel_tests {
+    use super::for_each_in_parallel;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn every_item_is_done_once_and_the_first_failure_is_returned() {
+        let items: Vec<usize> = (0..100).collect();
+        let seen = AtomicUsize::new(0);
+        let sum = AtomicUsize::new(0);
+        let ok: Result<(), String> = for_each_in_parallel(&items, |i| {
+            seen.fetch_add(1, Ordering::Relaxed);
+            sum.fetch_add(*i, Ordering::Relaxed);
+            Ok(())
+        });
+        assert_eq!(ok, Ok(()));
+        assert_eq!(seen.into_inner(), 100);
+        assert_eq!(sum.into_inner(), (0..100).sum::<usize>());
+        let tried = AtomicUsize::new(0);
+        let failed = for_each_in_parallel(&items, |i| {
+            tried.fetch_add(1, Ordering::Relaxed);
+            if *i == 10 {
+                Err(format!("item {i} failed"))
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                Ok(())
+            }
+        });
+        assert_eq!(failed, Err("item 10 failed".to_owned()));
+        assert!(tried.into_inner() < 100, "no new items after the failure");
+    }
+
+    #[test]
+    #[should_panic(expected = "task panicked")]
+    fn a_panicking_task_panics_the_caller() {
+        let _ = for_each_in_parallel(&[1, 2, 3], |_| -> Result<(), ()> {
+            panic!("task panicked")
+        });
+    }
+}
