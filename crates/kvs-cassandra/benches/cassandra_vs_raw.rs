@@ -3,7 +3,9 @@
 //! `raw` and `ortelius`; `scripts/bench-ratios.py` prints raw-time / ortelius-time. Targets:
 //! single-cell write transactions ≥ 0.25× a raw `INSERT` at QUORUM (the commit record is a
 //! lightweight transaction: several round trips by design), read-only point reads ≥ 0.6× a raw
-//! `SELECT` at QUORUM; 1 and 8 threads.
+//! `SELECT` at QUORUM; 1 and 8 threads. The write groups also time `lwt`, a raw
+//! `INSERT … IF NOT EXISTS` (the one lightweight transaction a commit needs, its commit record):
+//! lwt-time / ortelius-time shows how much of a write transaction is that one request.
 //!
 //! `cargo bench -p ortelius-kvs-cassandra --bench cassandra_vs_raw`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,7 +24,7 @@ use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
+use scylla::statement::{Consistency, SerialConsistency};
 
 const KEYS: u64 = 5_000;
 const VALUE: [u8; 100] = [7; 100];
@@ -36,6 +38,7 @@ struct Setup {
     runtime: tokio::runtime::Runtime,
     session: Session,
     insert: PreparedStatement,
+    insert_if_absent: PreparedStatement,
     select: PreparedStatement,
     manager: TransactionManager,
     table: TableRef,
@@ -48,7 +51,7 @@ fn setup() -> Setup {
         .enable_all()
         .build()
         .unwrap();
-    let (session, mut insert, mut select) = runtime.block_on(async {
+    let (session, mut insert, mut insert_if_absent, mut select) = runtime.block_on(async {
         let session = SessionBuilder::new()
             .known_nodes(cluster.servers())
             .build()
@@ -69,13 +72,19 @@ fn setup() -> Setup {
             .prepare("INSERT INTO raw.kv (k, v) VALUES (?, ?)")
             .await
             .unwrap();
+        let insert_if_absent = session
+            .prepare("INSERT INTO raw.kv (k, v) VALUES (?, ?) IF NOT EXISTS")
+            .await
+            .unwrap();
         let select = session
             .prepare("SELECT v FROM raw.kv WHERE k = ?")
             .await
             .unwrap();
-        (session, insert, select)
+        (session, insert, insert_if_absent, select)
     });
     insert.set_consistency(Consistency::Quorum);
+    insert_if_absent.set_consistency(Consistency::Quorum);
+    insert_if_absent.set_serial_consistency(Some(SerialConsistency::Serial));
     select.set_consistency(Consistency::Quorum);
     let kvs =
         Arc::new(CassandraKvs::open(&CassandraConfig::new(cluster.servers(), "bench", 1)).unwrap());
@@ -107,11 +116,15 @@ fn setup() -> Setup {
         runtime,
         session,
         insert,
+        insert_if_absent,
         select,
         manager,
         table,
     }
 }
+
+/// One timed operation: (setup, thread, iteration).
+type Op = fn(&Setup, usize, u64);
 
 static FRESH: AtomicU64 = AtomicU64::new(0);
 
@@ -119,6 +132,16 @@ fn raw_write(s: &Setup, _: usize, _: u64) {
     let k = key(KEYS + 1_000_000 + FRESH.fetch_add(1, Ordering::Relaxed)).to_vec();
     s.runtime
         .block_on(s.session.execute_unpaged(&s.insert, (k, VALUE.to_vec())))
+        .unwrap();
+}
+
+fn raw_lwt(s: &Setup, _: usize, _: u64) {
+    let k = key(KEYS + 1_000_000 + FRESH.fetch_add(1, Ordering::Relaxed)).to_vec();
+    s.runtime
+        .block_on(
+            s.session
+                .execute_unpaged(&s.insert_if_absent, (k, VALUE.to_vec())),
+        )
         .unwrap();
 }
 
@@ -159,16 +182,18 @@ fn group(
     s: &Setup,
     name: &str,
     threads: u64,
-    raw: fn(&Setup, usize, u64),
-    ours: fn(&Setup, usize, u64),
+    baselines: &[(&str, Op)],
+    ours: Op,
 ) {
     let mut g = c.benchmark_group(format!("cassandra_{name}_{threads}t"));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(5));
     g.warm_up_time(Duration::from_secs(1));
-    g.bench_function("raw", |b| {
-        b.iter_custom(|n| parallel(n, threads, |t, i| raw(s, t, i)))
-    });
+    for (baseline, run) in baselines {
+        g.bench_function(*baseline, |b| {
+            b.iter_custom(|n| parallel(n, threads, |t, i| run(s, t, i)))
+        });
+    }
     g.bench_function("ortelius", |b| {
         b.iter_custom(|n| parallel(n, threads, |t, i| ours(s, t, i)))
     });
@@ -178,8 +203,9 @@ fn group(
 fn throughput(c: &mut Criterion) {
     let s = setup();
     for threads in [1, 8] {
-        group(c, &s, "write_txn", threads, raw_write, txn_write);
-        group(c, &s, "read_txn", threads, raw_read, txn_read);
+        let writes: [(&str, Op); 2] = [("raw", raw_write), ("lwt", raw_lwt)];
+        group(c, &s, "write_txn", threads, &writes, txn_write);
+        group(c, &s, "read_txn", threads, &[("raw", raw_read)], txn_read);
     }
 }
 

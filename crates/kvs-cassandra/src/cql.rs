@@ -50,6 +50,15 @@ pub(crate) fn latest(q: &str, with_value: bool) -> String {
     format!("SELECT column2{value} FROM {q} WHERE key = ? AND column1 = ? AND column2 > ? LIMIT 1")
 }
 
+/// A cell's two newest versions below a bound, with their write times: the conflict read sent
+/// alongside a transaction's data write, which may already have landed (its write time tells).
+pub(crate) fn latest_two_written(q: &str) -> String {
+    format!(
+        "SELECT column2, WRITETIME(value) FROM {q} WHERE key = ? AND column1 = ? AND column2 > ? \
+         LIMIT 2"
+    )
+}
+
 pub(crate) fn exact(q: &str) -> String {
     format!("SELECT value FROM {q} WHERE key = ? AND column1 = ? AND column2 = ?")
 }

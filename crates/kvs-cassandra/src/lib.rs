@@ -21,7 +21,8 @@
 //!   driver's token-aware routing is off.) A reverse range is read forward and returned in
 //!   reverse, in memory.
 //! - Not atomic across rows (as in AtlasDB): `put` checks every cell first and then writes
-//!   (`multi_put`, a transaction's data, writes without that read; see the trait);
+//!   (`multi_put`, a transaction's data, writes without that read; see the trait, and sends
+//!   the conflict check's first read alongside the write, in `multi_put_reading_latest`);
 //!   `put_unless_exists` is atomic per row and undoes earlier rows if a later one
 //!   conflicts. The transaction protocol needs neither: its commit point is one cell.
 
@@ -982,6 +983,76 @@ impl KeyValueService for CassandraKvs {
             self.write_versions(table, &versions)?;
         }
         Ok(())
+    }
+
+    /// The conflict reads and the data writes go out together: the commit waits for the slower
+    /// of the two, not their sum. The read may land after the write; this write's own version
+    /// is recognised by its client write time (unique to this write, as the clock is strictly
+    /// increasing) and left out, so the answer is the newest version of someone else.
+    fn multi_put_reading_latest(
+        &self,
+        writes: &[(TableRef, CellWrites)],
+        read_latest: &[bool],
+        ts: Timestamp,
+    ) -> KvsResult<Vec<BTreeMap<Cell, Timestamp>>> {
+        validate_version_ts(ts, false)?;
+        if ts == ATOMIC_TS {
+            // Written through Paxos, not with a client write time (see `write_versions`).
+            return ortelius_kvs::read_latest_then_multi_put(self, writes, read_latest, ts);
+        }
+        let mut statements = Vec::with_capacity(writes.len());
+        for (i, (table, _)) in writes.iter().enumerate() {
+            let name = self.table(table)?;
+            let read = if read_latest.get(i).copied().unwrap_or(false) {
+                Some(self.prepare(&cql::latest_two_written(&name), Kind::Read)?)
+            } else {
+                None
+            };
+            statements.push((self.prepare(&cql::insert(&name), Kind::Write)?, read));
+        }
+        let mut out = Vec::with_capacity(writes.len());
+        for ((table, cells), (insert, read)) in writes.iter().zip(&statements) {
+            let mut latest = BTreeMap::new();
+            for chunk in cells.chunks(CONCURRENCY) {
+                let stamped: Vec<(&Cell, &[u8], i64)> = chunk
+                    .iter()
+                    .map(|(cell, value)| (cell, value.as_slice(), self.write_timestamp()))
+                    .collect();
+                let reads = async {
+                    let Some(read) = read else {
+                        return Ok(Vec::new());
+                    };
+                    try_join_all(stamped.iter().map(|(cell, _, _)| {
+                        self.session.execute_unpaged(
+                            read,
+                            (cell.row(), cell.column(), inv(ortelius_kvs::MAX_READ_TS)),
+                        )
+                    }))
+                    .await
+                };
+                let puts = try_join_all(stamped.iter().map(|(cell, value, written)| {
+                    self.session.execute_unpaged(
+                        insert,
+                        (cell.row(), cell.column(), inv(ts), *value, *written),
+                    )
+                }));
+                // The reads are polled first, so they are usually sent first too.
+                let (answers, _) = self
+                    .block_on(try_join(reads, puts))
+                    .map_err(|e| self.fail(table, "put", true, &e))?;
+                for ((cell, _, ours), result) in stamped.iter().zip(answers) {
+                    let newest = rows::<(i64, Option<i64>)>(result)?
+                        .into_iter()
+                        .map(|(column2, written)| (inv(column2), written))
+                        .find(|(version, written)| !(*version == ts && *written == Some(*ours)));
+                    if let Some((version, _)) = newest {
+                        latest.insert((*cell).clone(), version);
+                    }
+                }
+            }
+            out.push(latest);
+        }
+        Ok(out)
     }
 
     fn put_with_timestamps(&self, table: &TableRef, values: &[(Cell, Value)]) -> KvsResult<()> {

@@ -107,11 +107,12 @@ pub trait KeyValueService: Send + Sync {
     /// its start timestamp. Only that transaction ever writes at `ts` (the timestamp authority
     /// hands each timestamp out once) and its retries write the same values, so a backend where
     /// finding a different value already at (cell, `ts`) costs a read of its own (Cassandra)
-    /// may overwrite it instead of failing, as AtlasDB's `put` allows. The protocol has a
-    /// second guard on tables that check write-write conflicts: the check reads the newest
-    /// version of each written cell as it was before the write (see
-    /// [`multi_put_reading_latest`](Self::multi_put_reading_latest)), and a committed one at a
-    /// reused start timestamp is a conflict.
+    /// may overwrite it instead of failing, as AtlasDB's `put` allows. A reused start
+    /// timestamp is still caught at the commit point: the commit record is written only if
+    /// none exists for that timestamp. On tables that check write-write conflicts the check
+    /// also reads the newest version of each written cell (see
+    /// [`multi_put_reading_latest`](Self::multi_put_reading_latest)), so another writer's
+    /// version at a reused start timestamp that the read reaches is a conflict.
     fn multi_put(&self, writes: &[(TableRef, CellWrites)], ts: Timestamp) -> KvsResult<()>;
     /// A transaction's data write together with the read its write-write conflict check needs:
     /// for each table of `writes` whose flag in `read_latest` is set, the timestamp of each
@@ -119,7 +120,10 @@ pub trait KeyValueService: Send + Sync {
     /// [`get_latest_timestamps`](Self::get_latest_timestamps) answers with bound
     /// [`MAX_READ_TS`](crate::MAX_READ_TS)), then [`multi_put`](Self::multi_put) of all of
     /// `writes`, in one request where the backend can. One map per table of `writes`, in order
-    /// (empty where not read). The data is written whatever the answer: a caller that finds a
+    /// (empty where not read). A backend may instead send the reads alongside the write
+    /// (Cassandra): then a read may land after the write, which never puts this write's own
+    /// version in the answer, but may have overwritten a version already at (cell, `ts`), which
+    /// the answer then misses. The data is written whatever the answer: a caller that finds a
     /// conflict in it aborts the write. Fails like `multi_put`, and when it fails nothing is
     /// written, or (`MaybeApplied`) the outcome is unknown as for `multi_put`.
     fn multi_put_reading_latest(

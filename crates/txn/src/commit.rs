@@ -5,7 +5,7 @@
 //!    this transaction's own transactions-table row (readers wait on it);
 //! 3. check the immutable-timestamp and commit locks are still held;
 //! 4. write the data at `start_ts`, in the same store request as the first read of step 2 (the
-//!    newest version of each written cell as it was just before the write);
+//!    newest version of each written cell as it was just before the write), or alongside it;
 //! 2. check write-write conflicts (only meaningful under the locks): on a conflict, record this
 //!    transaction as aborted, as after any failure once data is written;
 //! 5. fetch the commit timestamp (after the data: anyone starting later must see it);
@@ -132,8 +132,9 @@ pub(crate) fn check_write_write_conflicts(
                     continue;
                 }
                 if their_start == txn.start_ts && after_our_write {
-                    // Our own data: look below it. (The first read, from before our write,
-                    // cannot see it: a version at our start timestamp there is another's.)
+                    // Our own data: look below it. (The first read never holds it, even
+                    // where it may land after our write: a version at our start timestamp
+                    // there is another's.)
                     next.push((cell, their_start));
                     continue;
                 }
