@@ -55,7 +55,8 @@ pub struct RocksDbConfig {
     pub durability: Durability,
 }
 
-/// The RocksDB options every store is opened with (LZ4, 10-bit bloom filters). Public so
+/// The RocksDB options every store is opened with (LZ4, 10-bit bloom filters on tables and a
+/// whole-key bloom filter on the memtable). Public so
 /// benchmarks run their raw-RocksDB baseline with exactly the same settings.
 pub fn rocksdb_options() -> Options {
     let mut opts = Options::default();
@@ -64,6 +65,12 @@ pub fn rocksdb_options() -> Options {
     let mut table_opts = rocksdb::BlockBasedOptions::default();
     table_opts.set_bloom_filter(10.0, false);
     opts.set_block_based_table_factory(&table_opts);
+    // A whole-key bloom filter on the memtable (10% of its size): `put` probes every new
+    // (cell, ts) for a different value already there, and a fresh key is then answered
+    // without a skiplist search. Halves the probe: 21.1k -> 17.8k instructions per put
+    // (`examples/put_instructions.rs` under callgrind).
+    opts.set_memtable_prefix_bloom_ratio(0.1);
+    opts.set_memtable_whole_key_filtering(true);
     opts
 }
 
