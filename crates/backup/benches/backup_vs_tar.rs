@@ -7,7 +7,7 @@
 //! `ORTELIUS_BENCH_OTHER_FS` (default `/dev/shm`, a tmpfs) and are restored from there onto the
 //! store's filesystem — the case that survives losing the store's disk.
 //!
-//! `cargo bench -p ortelius-backup --bench backup_vs_tar` (needs ~4 GiB of free disk and ~3 GiB
+//! `cargo bench --workspace --bench backup_vs_tar` (needs ~4 GiB of free disk and ~3 GiB
 //! on the other filesystem).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // The counting allocator needs `unsafe impl GlobalAlloc`; it only forwards to `System`.

@@ -3,7 +3,7 @@
 //! the backup on the store's filesystem (plain backups then hard-link the SST files) and on
 //! another one (they copy them). Rounds alternate the kinds; medians are printed.
 //!
-//! `cargo bench -p ortelius-backup --bench encrypted_vs_plain`; `ORTELIUS_BENCH_MIB` sets the
+//! `cargo bench --workspace --bench encrypted_vs_plain`; `ORTELIUS_BENCH_MIB` sets the
 //! store's size (default 512), `ORTELIUS_BENCH_OTHER_FS` the other filesystem's directory
 //! (default `/dev/shm`, a tmpfs: no disk, so the ratio there is the CPU cost alone).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,6 +1,5 @@
 //! Taking a backup: the live runbook in one step.
 
-use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -436,7 +435,7 @@ fn store_files(
     progress: Progress<'_>,
 ) -> Result<(Vec<FileEntry>, u64)> {
     let store = dir.join(STORE_DIR);
-    let mut journal = Journal::<Stored>::open(&dir.join(STORE_JOURNAL), |s| s.raw.clone())?;
+    let journal = Journal::<Stored>::open(&dir.join(STORE_JOURNAL), |s| s.raw.clone())?;
     let resumed_bytes: u64 = record
         .files
         .iter()
@@ -449,86 +448,37 @@ fn store_files(
         .map(|f| f.size)
         .sum::<u64>()
         .saturating_sub(resumed_bytes);
-    // Files stored as they are (no compression, no encryption) are checksummed up front, on
-    // every core; the loop below journals them in order.
-    let mut checksums = BTreeMap::new();
-    let mut done = 0u64;
-    if !options.compress && options.encrypt.is_none() {
-        let todo: Vec<&RawFile> = record
-            .files
-            .iter()
-            .filter(|f| journal.get(&f.path).is_none())
-            .collect();
-        let found = Mutex::new(BTreeMap::new());
-        let read = AtomicU64::new(0);
-        for_each_in_parallel(&todo, |raw| -> Result<()> {
-            check()?;
-            let digest = sha256_file(&store.join(&raw.path), &mut |n| {
-                let now = read.fetch_add(n, Ordering::Relaxed).saturating_add(n);
-                progress("storing", now, total);
-            })?;
-            if let Ok(mut found) = found.lock() {
-                found.insert(raw.path.clone(), digest);
-            }
-            Ok(())
-        })?;
-        checksums = found.into_inner().unwrap_or_default();
-        done = read.into_inner();
-    }
-    let mut entries = Vec::with_capacity(record.files.len());
+    // Files already journaled by an interrupted run: only the raw file's removal may be
+    // missing.
     for raw in &record.files {
-        let source = store.join(&raw.path);
         if let Some(stored) = journal.get(&raw.path) {
-            // Finished before the interruption; only the raw file's removal may be missing.
             if stored.entry.path != raw.path {
-                remove_if_present(&source)?;
+                remove_if_present(&store.join(&raw.path))?;
             }
             if stored.entry.in_parent {
                 remove_if_present(&store.join(&stored.entry.path))?;
             }
-            entries.push(stored.entry.clone());
-            continue;
         }
+    }
+    // The others on every core, each journaled as soon as it is stored: a file stored as it
+    // is is checksummed; one compressed or encrypted is transformed into its stored name. The
+    // raw file is removed only after its journal line, so an interrupted run redoes exactly
+    // the files not journaled, from their raw files.
+    let todo: Vec<&RawFile> = record
+        .files
+        .iter()
+        .filter(|f| journal.get(&f.path).is_none())
+        .collect();
+    let journal = Mutex::new(journal);
+    let read = AtomicU64::new(0);
+    for_each_in_parallel(&todo, |raw| -> Result<()> {
         check()?;
-        let mut name = raw.path.clone();
-        let mut input = source.clone();
         // Progress counts the raw file's bytes, as the first step reads them.
-        let mut read_raw = |n: u64| {
-            done += n;
-            progress("storing", done, total);
+        let mut on_bytes = |n: u64| {
+            let now = read.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+            progress("storing", now, total);
         };
-        // Size and checksum of the stored file, when a transform wrote it.
-        let mut digest = None;
-        if options.compress {
-            name.push_str(".zst");
-            let out = store.join(format!("{name}.part"));
-            // Synced only if it is what gets stored.
-            let last = options.encrypt.is_none();
-            digest = Some(compress_file(&input, &out, last, &mut read_raw)?);
-            input = out;
-        }
-        if let Some(key) = &options.encrypt {
-            name.push_str(".enc");
-            let out = store.join(format!("{name}.part"));
-            let on_bytes: &mut dyn FnMut(u64) = if options.compress {
-                &mut |_| {}
-            } else {
-                &mut read_raw
-            };
-            digest = Some(encrypt_file(&input, &out, key, on_bytes)?);
-            if input != source {
-                remove_if_present(&input)?;
-            }
-            input = out;
-        }
-        let stored = store.join(&name);
-        if input != source {
-            std::fs::rename(&input, &stored).map_err(io("cannot write", &stored))?;
-        }
-        let (size, sha256) = match digest.or_else(|| checksums.remove(&raw.path)) {
-            Some(digest) => digest,
-            None => sha256_file(&stored, &mut read_raw)?,
-        };
+        let (name, (size, sha256)) = store_file(&store, &raw.path, options, &mut on_bytes)?;
         let in_parent = parent.is_some_and(|(_, p)| {
             p.files
                 .iter()
@@ -546,20 +496,84 @@ fn store_files(
             node,
             in_parent,
         };
-        journal.record(
+        journal.lock().map_err(|_| poisoned(dir))?.record(
             raw.path.clone(),
             Stored {
                 raw: raw.path.clone(),
-                entry: entry.clone(),
+                entry,
             },
         )?;
-        if stored != source {
-            remove_if_present(&source)?;
+        if name != raw.path {
+            remove_if_present(&store.join(&raw.path))?;
         }
         if in_parent {
-            remove_if_present(&stored)?;
+            remove_if_present(&store.join(&name))?;
         }
-        entries.push(entry);
-    }
+        Ok(())
+    })?;
+    let journal = journal.into_inner().map_err(|_| poisoned(dir))?;
+    let entries = record
+        .files
+        .iter()
+        .map(|raw| {
+            journal
+                .get(&raw.path)
+                .map(|stored| stored.entry.clone())
+                .ok_or_else(|| BackupError::Corrupt {
+                    dir: dir.to_path_buf(),
+                    detail: format!("{} was not journaled", raw.path),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok((entries, resumed_bytes))
+}
+
+fn poisoned(dir: &Path) -> BackupError {
+    BackupError::Corrupt {
+        dir: dir.to_path_buf(),
+        detail: "the store journal's lock was poisoned by a panic".to_owned(),
+    }
+}
+
+/// Stores one raw file of `store` as the options say: its stored name (the raw name, with
+/// `.zst` when compressed and `.enc` when encrypted) and that file's size and SHA-256. A
+/// transformed file is written beside the raw one, synced, and renamed into place; the raw
+/// file is left for the caller to remove once the file is journaled.
+fn store_file(
+    store: &Path,
+    raw: &str,
+    options: &BackupOptions,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<(String, (u64, String))> {
+    let source = store.join(raw);
+    let mut name = raw.to_owned();
+    let compressed = if options.compress {
+        name.push_str(".zst");
+        let out = store.join(format!("{name}.part"));
+        // Synced only if it is what gets stored.
+        let last = options.encrypt.is_none();
+        let digest = compress_file(&source, &out, last, on_bytes)?;
+        Some((out, digest))
+    } else {
+        None
+    };
+    let (written, digest) = match (&options.encrypt, compressed) {
+        (None, None) => return Ok((name, sha256_file(&source, on_bytes)?)),
+        (None, Some(compressed)) => compressed,
+        (Some(key), compressed) => {
+            name.push_str(".enc");
+            let out = store.join(format!("{name}.part"));
+            let digest = match &compressed {
+                Some((zst, _)) => encrypt_file(zst, &out, key, &mut |_| {})?,
+                None => encrypt_file(&source, &out, key, on_bytes)?,
+            };
+            if let Some((zst, _)) = compressed {
+                remove_if_present(&zst)?;
+            }
+            (out, digest)
+        }
+    };
+    let stored = store.join(&name);
+    std::fs::rename(&written, &stored).map_err(io("cannot write", &stored))?;
+    Ok((name, digest))
 }

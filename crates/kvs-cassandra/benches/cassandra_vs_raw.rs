@@ -7,7 +7,7 @@
 //! `INSERT … IF NOT EXISTS` (the one lightweight transaction a commit needs, its commit record):
 //! lwt-time / ortelius-time shows how much of a write transaction is that one request.
 //!
-//! `cargo bench -p ortelius-kvs-cassandra --bench cassandra_vs_raw`
+//! `cargo bench --workspace --bench cassandra_vs_raw`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;

@@ -10,7 +10,7 @@
 //! `etcdctl snapshot restore` of the same three directories, one after another as the
 //! runbook shows and all at once; and the load into a running cluster.
 //!
-//! `cargo bench -p ortelius-kvs-etcd --bench etcd_vs_raw`
+//! `cargo bench --workspace --bench etcd_vs_raw`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;

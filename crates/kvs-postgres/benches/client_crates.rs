@@ -5,7 +5,7 @@
 //! pipelined). Baseline: `postgres`. Groups: a point `SELECT` by primary key and an `INSERT` in
 //! its own synced transaction, 1 and 8 threads, on a server this benchmark starts (fsync on).
 //!
-//! `cargo bench -p ortelius-kvs-postgres --bench client_crates`
+//! `cargo bench --workspace --bench client_crates`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;

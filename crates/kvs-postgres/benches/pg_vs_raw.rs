@@ -8,7 +8,7 @@
 //! The `backup` group (run last, once) prints the time of `ortelius backup`'s raw snapshot and
 //! restore against `pg_dump -Fc` and `pg_restore` of the same schema.
 //!
-//! `cargo bench -p ortelius-kvs-postgres --bench pg_vs_raw`
+//! `cargo bench --workspace --bench pg_vs_raw`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;

@@ -4,7 +4,7 @@
 //! live data size at the end, so a slowdown as versions pile up (or as sweep competes) shows.
 //! Readers time out after 5 s (default: an hour), so sweep may remove versions older than that.
 //!
-//! `cargo bench -p ortelius-kvs-rocksdb --bench sustained`; `ORTELIUS_BENCH_SECS` sets the
+//! `cargo bench --workspace --bench sustained`; `ORTELIUS_BENCH_SECS` sets the
 //! duration (default 60).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -2,7 +2,7 @@
 //! versions, in the same run, plus the space on disk before and after sweep + compaction.
 //! Destructive one-shot work, so not criterion: 3 rounds on fresh data, medians printed.
 //!
-//! `cargo bench -p ortelius-txn --bench sweep_vs_raw`
+//! `cargo bench --workspace --bench sweep_vs_raw`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;

@@ -8,7 +8,7 @@
 //!
 //! Each figure is counted over a fixed time; the ratios are what to track.
 //!
-//! `cargo bench -p ortelius-timelock-server --bench timelock_vs_local`
+//! `cargo bench --workspace --bench timelock_vs_local`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
