@@ -529,10 +529,10 @@ fn store_files(
 }
 
 fn poisoned(dir: &Path) -> BackupError {
-    BackupError::Corrupt {
-        dir: dir.to_path_buf(),
-        detail: "the store journal's lock was poisoned by a panic".to_owned(),
-    }
+    BackupError::Store(format!(
+        "backup {}: a panic while storing a file poisoned the journal's lock; run the backup again to resume it",
+        dir.display()
+    ))
 }
 
 /// Stores one raw file of `store` as the options say: its stored name (the raw name, with
