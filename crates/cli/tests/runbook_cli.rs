@@ -984,9 +984,10 @@ fn journal_has_sst(journal: &Path) -> bool {
 fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
     let env = Env::new();
     let d = env.dir.path();
-    // About 1 MB that compresses poorly, in two SST files of the same size: the first half
-    // compacted into level 1, the second flushed into level 0 when the backup opens the store.
-    // Fewer than four level-0 files, so no background compaction can merge them meanwhile.
+    // About 2 MB that compresses poorly, in two SST files: a third compacted into level 1, the
+    // rest flushed into level 0 when the backup opens the store. Files are stored on every core,
+    // so the small one is journaled while the big one is still being stored. Fewer than four
+    // level-0 files, so no background compaction can merge them meanwhile.
     {
         use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
         let kvs =
@@ -1007,7 +1008,7 @@ fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
         };
         fill(0..500);
         kvs.compact();
-        fill(500..1000);
+        fill(500..2000);
     }
     let backup_dir = d.join("backup");
     let backup = [
@@ -1018,7 +1019,8 @@ fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
         "--rate-limit",
         "200K",
     ];
-    // kill -9 once the first SST file is stored: the second then takes seconds at this rate.
+    // kill -9 once the small SST file is stored: the big one then takes seconds more at this
+    // rate.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ortelius"))
         .arg("--config")
         .arg(&env.config)
