@@ -3,7 +3,7 @@
 //! before `read_ts`. Undecided writers are waited for (their commit lock) and then rolled back
 //! with `put_unless_exists(start -> aborted)`; invisible versions are re-read below themselves.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use ortelius_kvs::{
     Cell, ColumnRange, ColumnSelection, KvsError, RowResult, TableRef, Timestamp, Value,
@@ -13,7 +13,7 @@ use ortelius_timelock::LockError;
 
 use crate::error::{TxnError, TxnResult};
 use crate::manager::Inner;
-use crate::txn_table::TxnStatus;
+use crate::txn_table::{Statuses, TxnStatus};
 
 /// Reads give up after this many rounds of re-reading below invisible versions.
 pub(crate) const MAX_POST_FILTER_ROUNDS: usize = 200;
@@ -36,11 +36,7 @@ pub(crate) struct Reader<'a> {
 
 impl Reader<'_> {
     /// Decided outcomes of `starts`, rolling back writers found abandoned.
-    fn resolve(
-        &self,
-        table: &TableRef,
-        starts: &[Timestamp],
-    ) -> TxnResult<HashMap<Timestamp, TxnStatus>> {
+    fn resolve(&self, table: &TableRef, starts: &[Timestamp]) -> TxnResult<Statuses> {
         let txns = &self.inner.txns;
         let mut known = txns.load(starts)?;
         let mut missing: Vec<Timestamp> = starts
