@@ -21,8 +21,8 @@
 //!   driver's token-aware routing is off.) A reverse range is read forward and returned in
 //!   reverse, in memory.
 //! - Not atomic across rows (as in AtlasDB): `put` checks every cell first and then writes
-//!   (`multi_put`, a transaction's data, writes without that read; see the trait, and sends
-//!   the conflict check's first read alongside the write, in `multi_put_reading_latest`);
+//!   (`multi_put`, a transaction's data, writes without that read, see the trait;
+//!   `multi_put_reading_latest` sends the conflict check's first read alongside that write);
 //!   `put_unless_exists` is atomic per row and undoes earlier rows if a later one
 //!   conflicts. The transaction protocol needs neither: its commit point is one cell.
 
