@@ -984,7 +984,7 @@ fn journal_has_sst(journal: &Path) -> bool {
 fn a_backup_and_a_restore_killed_midway_resume_when_run_again() {
     let env = Env::new();
     let d = env.dir.path();
-    // About 2 MB that compresses poorly, in two SST files: a third compacted into level 1, the
+    // About 2 MB that compresses poorly, in two SST files: a quarter compacted into level 1, the
     // rest flushed into level 0 when the backup opens the store. Files are stored on every core,
     // so the small one is journaled while the big one is still being stored. Fewer than four
     // level-0 files, so no background compaction can merge them meanwhile.
