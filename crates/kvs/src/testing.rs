@@ -89,6 +89,13 @@ impl RecordingKvs {
         }
     }
 
+    /// Drops every injected fault that has not fired yet (the store answers again).
+    pub fn clear_faults(&self) {
+        if let Ok(mut f) = self.faults.lock() {
+            f.clear();
+        }
+    }
+
     fn take_fault(&self, op: &'static str, table: &str, timing: FaultTiming) -> bool {
         let Ok(mut faults) = self.faults.lock() else {
             return false;

@@ -245,3 +245,61 @@ fn a_lease_renewal_whose_answer_was_lost_but_landed_keeps_the_lease() {
     let next = ts.fresh_timestamp().unwrap();
     assert!(next > first);
 }
+
+#[test]
+fn an_allocator_whose_lease_ran_out_hands_out_nothing_until_it_renews() {
+    let kvs = Arc::new(RecordingKvs::new(store()));
+    let lease = std::time::Duration::from_millis(300);
+    let ts = PersistentTimestampService::with_options(
+        kvs.clone(),
+        AllocatorOptions {
+            lease: Some(lease),
+            take_over: false,
+        },
+    )
+    .unwrap();
+    let first = ts.fresh_timestamp().unwrap();
+    // The bound covers a million more, but the store stops answering: no renewal lands.
+    kvs.inject("check_and_set", None, FaultTiming::Before, usize::MAX);
+    std::thread::sleep(lease * 2);
+    for _ in 0..3 {
+        let err = ts.fresh_timestamp().unwrap_err();
+        assert!(matches!(err, TimestampError::Unavailable(_)), "{err}");
+    }
+    // Once the store answers, the next request renews the lease and is served.
+    kvs.clear_faults();
+    let next = ts.fresh_timestamp().unwrap();
+    assert!(next > first);
+}
+
+#[test]
+fn a_fast_forward_is_seen_by_every_later_request_while_threads_keep_taking_timestamps() {
+    let ts = PersistentTimestampService::new(store()).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut last = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = ts.fresh_timestamp().unwrap();
+                    assert!(t > last, "{t} after {last}");
+                    last = t;
+                }
+            });
+        }
+        let mut target = 0;
+        for round in 1..=50i64 {
+            target += round * (TIMESTAMP_BOUND_BUFFER / 7);
+            match ts.fast_forward(target).unwrap() {
+                FastForward::Advanced { from, to } => {
+                    assert!(from < to);
+                    assert_eq!(to, target);
+                }
+                FastForward::AlreadyBeyond { current } => assert!(current >= target),
+            }
+            let next = ts.fresh_timestamp().unwrap();
+            assert!(next > target, "{next} after a fast-forward to {target}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
