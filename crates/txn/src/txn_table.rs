@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{fence, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ortelius_kvs::{
@@ -22,6 +23,8 @@ pub const TRANSACTIONS_TABLE: &str = "_transactions";
 const COLUMN: &[u8] = b"t";
 const ABORTED: Timestamp = -1;
 const CACHE_SHARDS: usize = 16;
+/// Slots of the lock-free front of the outcome cache (a power of two).
+const HOT_SLOTS: usize = 4096;
 
 /// The decided outcome of a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,8 +98,98 @@ pub type Statuses = HashMap<Timestamp, TxnStatus, BuildHasherDefault<TimestampHa
 /// One cache shard: the outcomes and their insertion order (for FIFO eviction).
 type CacheShard = Mutex<(Statuses, VecDeque<Timestamp>)>;
 
-/// A bounded cache of decided outcomes (they never change), FIFO-evicted per shard.
+/// One slot of [`HotStatuses`]: a sequence lock over (start, outcome). The sequence is odd
+/// while a writer changes the slot.
+#[derive(Default)]
+struct HotSlot {
+    seq: AtomicU64,
+    start: AtomicI64,
+    /// The commit timestamp, or [`ABORTED`].
+    outcome: AtomicI64,
+}
+
+/// A direct-mapped cache of recent outcomes that readers consult without taking a lock or
+/// writing shared memory, so threads reading cells of the same writers do not pass a lock's
+/// cache line between cores. A slot holds one start timestamp; a writer that finds the slot
+/// being written by another skips it (this is only a cache).
+struct HotStatuses {
+    slots: Box<[HotSlot]>,
+}
+
+impl HotStatuses {
+    fn new() -> Self {
+        Self {
+            slots: (0..HOT_SLOTS).map(|_| HotSlot::default()).collect(),
+        }
+    }
+
+    fn slot(&self, ts: Timestamp) -> &HotSlot {
+        &self.slots[(ts.cast_unsigned() % HOT_SLOTS as u64) as usize]
+    }
+
+    fn get(&self, ts: Timestamp) -> Option<TxnStatus> {
+        let slot = self.slot(ts);
+        let before = slot.seq.load(Ordering::Acquire);
+        if !before.is_multiple_of(2) {
+            return None;
+        }
+        let start = slot.start.load(Ordering::Relaxed);
+        let outcome = slot.outcome.load(Ordering::Relaxed);
+        // Orders the two loads above before the re-check: a writer that changed them in
+        // between has moved the sequence on.
+        fence(Ordering::Acquire);
+        if slot.seq.load(Ordering::Relaxed) != before || start != ts || before == 0 {
+            return None;
+        }
+        Some(match outcome {
+            ABORTED => TxnStatus::Aborted,
+            commit => TxnStatus::Committed(commit),
+        })
+    }
+
+    /// Stores `ts`'s outcome, or `ts` alone with `None` (which matches nothing: an emptied
+    /// slot). Gives up if another writer holds the slot, unless `wait`.
+    fn put(&self, ts: Timestamp, status: Option<TxnStatus>, wait: bool) {
+        let slot = self.slot(ts);
+        let seq = loop {
+            let seq = slot.seq.load(Ordering::Relaxed);
+            if seq.is_multiple_of(2)
+                && slot
+                    .seq
+                    .compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                break seq;
+            }
+            if !wait {
+                return;
+            }
+            std::thread::yield_now();
+        };
+        // The odd sequence is visible before either store below.
+        fence(Ordering::Release);
+        let (start, outcome) = match status {
+            Some(TxnStatus::Committed(commit)) => (ts, commit),
+            Some(TxnStatus::Aborted) => (ts, ABORTED),
+            // No start timestamp is negative in a slot that `get` accepts.
+            None => (i64::MIN, ABORTED),
+        };
+        slot.start.store(start, Ordering::Relaxed);
+        slot.outcome.store(outcome, Ordering::Relaxed);
+        slot.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    fn clear(&self) {
+        for (i, _) in self.slots.iter().enumerate() {
+            self.put(i as Timestamp, None, true);
+        }
+    }
+}
+
+/// A bounded cache of decided outcomes (they never change), FIFO-evicted per shard, behind a
+/// lock-free front of recent ones.
 struct StatusCache {
+    hot: HotStatuses,
     shards: Vec<CacheShard>,
     per_shard: usize,
 }
@@ -104,6 +197,7 @@ struct StatusCache {
 impl StatusCache {
     fn new(capacity: usize) -> Self {
         Self {
+            hot: HotStatuses::new(),
             shards: (0..CACHE_SHARDS)
                 .map(|_| Mutex::new((Statuses::default(), VecDeque::new())))
                 .collect(),
@@ -116,10 +210,16 @@ impl StatusCache {
     }
 
     fn get(&self, ts: Timestamp) -> Option<TxnStatus> {
-        self.shard(ts).lock().ok()?.0.get(&ts).copied()
+        if let Some(status) = self.hot.get(ts) {
+            return Some(status);
+        }
+        let status = self.shard(ts).lock().ok()?.0.get(&ts).copied()?;
+        self.hot.put(ts, Some(status), false);
+        Some(status)
     }
 
     fn insert(&self, ts: Timestamp, status: TxnStatus) {
+        self.hot.put(ts, Some(status), false);
         let Ok(mut shard) = self.shard(ts).lock() else {
             return;
         };
@@ -135,6 +235,7 @@ impl StatusCache {
     }
 
     fn clear(&self) {
+        self.hot.clear();
         for shard in &self.shards {
             if let Ok(mut s) = shard.lock() {
                 s.0.clear();
@@ -327,5 +428,57 @@ mod tests {
         }
         assert_eq!(statuses.len(), 5);
         assert_eq!(statuses.get(&(1 << 40)), Some(&TxnStatus::Aborted));
+    }
+
+    #[test]
+    fn the_lock_free_front_never_answers_another_transactions_outcome() {
+        // Writers keep replacing slots with other start timestamps mapped to them; every
+        // answer a reader gets must be the outcome of the timestamp it asked for.
+        let hot = HotStatuses::new();
+        let outcome = |ts: Timestamp| {
+            if ts % 3 == 0 {
+                TxnStatus::Aborted
+            } else {
+                TxnStatus::Committed(ts * 2 + 1)
+            }
+        };
+        let slots = HOT_SLOTS as i64;
+        let answers = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for w in 0..3i64 {
+                let hot = &hot;
+                s.spawn(move || {
+                    for round in 0..300i64 {
+                        for slot in 0..16i64 {
+                            let ts = 1 + slot + slots * (round * 3 + w);
+                            hot.put(ts, Some(outcome(ts)), false);
+                        }
+                    }
+                });
+            }
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for round in 0..900i64 {
+                        for slot in 0..16i64 {
+                            let ts = 1 + slot + slots * round;
+                            if let Some(found) = hot.get(ts) {
+                                assert_eq!(found, outcome(ts), "timestamp {ts}");
+                                answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        hot.put(7, Some(TxnStatus::Committed(9)), true);
+        assert_eq!(hot.get(7), Some(TxnStatus::Committed(9)));
+        assert_eq!(
+            hot.get(7 + slots),
+            None,
+            "another timestamp of the same slot"
+        );
+        hot.clear();
+        assert_eq!(hot.get(7), None);
+        assert_eq!(hot.get(HOT_SLOTS as i64), None, "a slot never written");
     }
 }
