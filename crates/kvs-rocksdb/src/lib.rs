@@ -7,6 +7,7 @@
 //! path of transactions — are synced by default; plain puts are not, because a later synced
 //! WAL write makes every earlier write durable with it (see [`Durability`]).
 
+mod catalog;
 mod iter_pool;
 mod range;
 pub mod snapshot;
@@ -14,7 +15,7 @@ pub mod snapshot;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ortelius_kvs::{
     validate_read_ts, validate_version_ts, CandidateCell, CandidateCellsRequest, CandidatePage,
@@ -24,6 +25,7 @@ use ortelius_kvs::{
 };
 use rocksdb::{DBRawIterator, Options, WriteBatch, WriteOptions, DB};
 
+use crate::catalog::{Catalog, TableInfo, Tables};
 use crate::iter_pool::IterPool;
 use crate::range::{collect_row, ColumnRangeIter, RocksRangeIter};
 use ortelius_kvs::keycodec::{self as keys, DecodedKey};
@@ -74,12 +76,6 @@ pub fn rocksdb_options() -> Options {
     opts
 }
 
-#[derive(Clone)]
-struct TableInfo {
-    id: u32,
-    metadata: Vec<u8>,
-}
-
 /// Number of in-process lock stripes serialising atomic operations per cell.
 const ATOMIC_STRIPES: usize = 256;
 
@@ -89,7 +85,7 @@ pub struct RocksDbKvs {
     /// Iterators reused by point reads (refreshed before each use).
     iters: IterPool,
     dir: PathBuf,
-    tables: RwLock<BTreeMap<TableRef, TableInfo>>,
+    tables: Catalog,
     /// Serialises catalogue changes (create/drop), which read-modify-write the next table id.
     catalog_lock: Mutex<()>,
     stripes: Vec<Mutex<()>>,
@@ -143,7 +139,7 @@ impl RocksDbKvs {
             iters: IterPool::new(db.clone()),
             db,
             dir,
-            tables: RwLock::new(tables),
+            tables: Catalog::new(tables),
             catalog_lock: Mutex::new(()),
             stripes: (0..ATOMIC_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
@@ -205,10 +201,7 @@ impl RocksDbKvs {
 
     pub(crate) fn table_id(&self, table: &TableRef) -> KvsResult<u32> {
         self.tables
-            .read()
-            .map_err(|_| poisoned())?
-            .get(table)
-            .map(|t| t.id)
+            .id(table)?
             .ok_or_else(|| KvsError::TableNotFound {
                 table: table.clone(),
             })
@@ -305,7 +298,7 @@ fn read_version(iter: &DBRawIterator<'_>, prefix: &[u8]) -> KvsResult<Option<Val
     }
 }
 
-fn load_catalog(db: &DB) -> KvsResult<BTreeMap<TableRef, TableInfo>> {
+fn load_catalog(db: &DB) -> KvsResult<Tables> {
     let mut tables = BTreeMap::new();
     let mut iter = db.raw_iterator();
     iter.seek(keys::CATALOG_TABLE_PREFIX);
@@ -348,12 +341,7 @@ impl KeyValueService for RocksDbKvs {
 
     fn create_table(&self, table: &TableRef, metadata: &[u8]) -> KvsResult<()> {
         let _catalog = self.catalog_lock.lock().map_err(|_| poisoned())?;
-        let existing = self
-            .tables
-            .read()
-            .map_err(|_| poisoned())?
-            .get(table)
-            .map(|t| t.id);
+        let existing = self.tables.id(table)?;
         let mut batch = WriteBatch::default();
         let id = match existing {
             Some(id) => id,
@@ -378,14 +366,15 @@ impl KeyValueService for RocksDbKvs {
             catalog_value(id, metadata),
         );
         self.write(batch, true)?;
-        self.tables.write().map_err(|_| poisoned())?.insert(
-            table.clone(),
-            TableInfo {
-                id,
-                metadata: metadata.to_vec(),
-            },
-        );
-        Ok(())
+        self.tables.update(|tables| {
+            tables.insert(
+                table.clone(),
+                TableInfo {
+                    id,
+                    metadata: metadata.to_vec(),
+                },
+            );
+        })
     }
 
     fn drop_table(&self, table: &TableRef) -> KvsResult<()> {
@@ -397,8 +386,9 @@ impl KeyValueService for RocksDbKvs {
         batch.delete(keys::catalog_key(&table.qualified_name()));
         batch.delete_range(keys::table_start(id), keys::table_end(id));
         self.write(batch, true)?;
-        self.tables.write().map_err(|_| poisoned())?.remove(table);
-        Ok(())
+        self.tables.update(|tables| {
+            tables.remove(table);
+        })
     }
 
     fn truncate_table(&self, table: &TableRef) -> KvsResult<()> {
@@ -409,19 +399,12 @@ impl KeyValueService for RocksDbKvs {
     }
 
     fn list_tables(&self) -> KvsResult<Vec<TableRef>> {
-        Ok(self
-            .tables
-            .read()
-            .map_err(|_| poisoned())?
-            .keys()
-            .cloned()
-            .collect())
+        Ok(self.tables.tables()?.keys().cloned().collect())
     }
 
     fn table_metadata(&self, table: &TableRef) -> KvsResult<Vec<u8>> {
         self.tables
-            .read()
-            .map_err(|_| poisoned())?
+            .tables()?
             .get(table)
             .map(|t| t.metadata.clone())
             .ok_or_else(|| KvsError::TableNotFound {
