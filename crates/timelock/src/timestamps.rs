@@ -16,13 +16,7 @@
 //! margin) takes it over, and the old holder, whose own clock says its lease ran out, has
 //! stopped handing out timestamps by then. Processes that share a store use one timelock
 //! server instead.
-//!
-//! Most requests take no lock: they advance the in-memory counter by compare-and-swap while it
-//! stays under the published ceiling (the persisted bound, published only once its write
-//! landed) and the lease's deadline has not passed. A request that would cross the ceiling, or
-//! finds the lease run out, takes the mutex, renews or raises what it must and is served there.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -125,6 +119,8 @@ pub trait TimestampService: Send + Sync {
 }
 
 struct State {
+    /// The last timestamp handed out (or the bound read at start-up).
+    last: Timestamp,
     /// Timestamps up to this one may be handed out without touching storage.
     upper: Timestamp,
     /// The bound's bytes as this allocator last saw or wrote them: the check-and-set expectation.
@@ -186,26 +182,11 @@ impl AllocatorOptions {
     }
 }
 
-/// The ceiling while nothing may be handed out without the mutex (before the bound is read,
-/// and forever once the allocator refuses).
-const CLOSED: Timestamp = -1;
-/// The lease deadline of an allocator that holds no lease.
-const NO_LEASE: u64 = u64::MAX;
-
 struct Inner {
     kvs: Arc<dyn KeyValueService>,
     table: TableRef,
     cell: Cell,
     owner_cell: Cell,
-    /// The last timestamp handed out (or the bound read at start-up). Only ever grows.
-    last: AtomicI64,
-    /// Requests may move `last` up to this without the mutex: the persisted bound, stored only
-    /// after its write landed, or [`CLOSED`].
-    ceiling: AtomicI64,
-    /// Nanoseconds after `origin` at which the lease runs out unless renewed ([`NO_LEASE`]
-    /// without one): no request is served lock-free from then on.
-    lease_deadline: AtomicU64,
-    origin: Instant,
     state: Mutex<State>,
 }
 
@@ -267,8 +248,6 @@ pub fn claim_for_timelock(
     };
     let inner = &service.inner;
     let mut state = inner.lock()?;
-    // Nothing is handed out from here on, whatever happens below.
-    inner.ceiling.store(CLOSED, Ordering::Release);
     if state.upper >= server_fresh {
         return Err(TimestampError::TimelockBehindStore { bound: state.upper });
     }
@@ -285,12 +264,9 @@ pub fn claim_for_timelock(
         )
         .map_err(TimestampError::from)?;
     // Nothing of this service is used any more (and `Drop` finds no lease to release).
-    inner.refuse(
-        &mut state,
-        TimestampError::OwnedByTimelock {
-            cluster: cluster.to_owned(),
-        },
-    );
+    state.refused = Some(TimestampError::OwnedByTimelock {
+        cluster: cluster.to_owned(),
+    });
     Ok(())
 }
 
@@ -330,11 +306,8 @@ impl PersistentTimestampService {
             table,
             cell,
             owner_cell,
-            last: AtomicI64::new(0),
-            ceiling: AtomicI64::new(CLOSED),
-            lease_deadline: AtomicU64::new(NO_LEASE),
-            origin: Instant::now(),
             state: Mutex::new(State {
+                last: 0,
                 upper: 0,
                 persisted: None,
                 refused: None,
@@ -351,7 +324,6 @@ impl PersistentTimestampService {
         }
         if let Some(duration) = options.lease {
             let lease = inner.take_lease(duration, options.take_over)?;
-            inner.publish_deadline(lease.valid_until);
             inner.lock()?.lease = Some(lease);
             spawn_renewer(Arc::downgrade(&inner), duration);
         }
@@ -365,10 +337,9 @@ impl PersistentTimestampService {
             .unwrap_or(0);
         {
             let mut state = inner.lock()?;
-            inner.last.store(bound, Ordering::Release);
+            state.last = bound;
             state.upper = bound;
             state.persisted = persisted;
-            inner.ceiling.store(bound, Ordering::Release);
         }
         Ok(Self { inner })
     }
@@ -421,53 +392,6 @@ impl Inner {
         self.state
             .lock()
             .map_err(|_| TimestampError::Storage("timestamp state lock poisoned".to_owned()))
-    }
-
-    /// `count` timestamps without the mutex, if they fit under the ceiling and the lease (if
-    /// any) has not run out; `None` sends the request to the mutex.
-    fn try_fast(&self, count: u32) -> Option<TimestampRange> {
-        let deadline = self.lease_deadline.load(Ordering::Acquire);
-        if deadline != NO_LEASE && self.nanos_since_origin(Instant::now()) >= deadline {
-            return None;
-        }
-        let ceiling = self.ceiling.load(Ordering::Acquire);
-        let mut current = self.last.load(Ordering::Acquire);
-        loop {
-            let last = current.checked_add(i64::from(count))?;
-            if last > ceiling {
-                return None;
-            }
-            match self.last.compare_exchange_weak(
-                current,
-                last,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Some(TimestampRange {
-                        first: current + 1,
-                        last,
-                    })
-                }
-                Err(now) => current = now,
-            }
-        }
-    }
-
-    fn nanos_since_origin(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(NO_LEASE - 1)
-    }
-
-    /// Lets lock-free requests be served until `valid_until`.
-    fn publish_deadline(&self, valid_until: Instant) {
-        self.lease_deadline
-            .store(self.nanos_since_origin(valid_until), Ordering::Release);
-    }
-
-    /// Refuses from now on: no request is served, with or without the mutex.
-    fn refuse(&self, state: &mut State, err: TimestampError) {
-        self.ceiling.store(CLOSED, Ordering::Release);
-        state.refused = Some(err);
     }
 
     fn read(&self, cell: &Cell) -> Result<Option<Vec<u8>>, TimestampError> {
@@ -567,7 +491,6 @@ impl Inner {
                 lease.generation += 1;
                 lease.written = next;
                 lease.valid_until = attempt + lease.duration;
-                self.publish_deadline(lease.valid_until);
             }
             Err(KvsError::CheckAndSetFailed {
                 actual: Some(actual),
@@ -585,7 +508,7 @@ impl Inner {
                     String::from_utf8_lossy(&a).into_owned()
                 });
                 tracing::error!(%holder, "timestamp allocator lost its lease to another allocator; it refuses to hand out timestamps from now on");
-                self.refuse(state, TimestampError::OwnedElsewhere { holder });
+                state.refused = Some(TimestampError::OwnedElsewhere { holder });
             }
             // Transient trouble: try again next time; handing out stops if it lasts.
             Err(_) => {}
@@ -635,7 +558,7 @@ impl Inner {
                     found: describe(actual.as_deref()),
                 };
                 tracing::error!(%err, "timestamp allocator refuses to hand out timestamps");
-                self.refuse(state, err.clone());
+                state.refused = Some(err.clone());
                 return Err(err);
             }
             Err(e) if e.class() == ErrorClass::Permanent => return Err(e.into()),
@@ -650,7 +573,7 @@ impl Inner {
                         found: describe(now.as_deref()),
                     };
                     tracing::error!(%err, "timestamp allocator refuses to hand out timestamps");
-                    self.refuse(state, err.clone());
+                    state.refused = Some(err.clone());
                     return Err(err);
                 }
                 Err(_) => return Err(e.into()),
@@ -659,8 +582,6 @@ impl Inner {
         state.upper = new_bound;
         state.persisted = Some(new_bytes);
         state.bound_writes += 1;
-        // Only now that the bound is stored may requests go up to it without the mutex.
-        self.ceiling.store(new_bound, Ordering::Release);
         Ok(())
     }
 }
@@ -672,33 +593,20 @@ impl TimestampService for PersistentTimestampService {
                 "asked for {count} timestamps; ask for 1 to {MAX_TIMESTAMPS_PER_REQUEST}"
             )));
         }
-        let inner = &self.inner;
-        if let Some(range) = inner.try_fast(count) {
-            return Ok(range);
-        }
         // Callers that arrive while the bound is being raised wait here and are then served
         // from the same raised bound: one storage write covers all of them.
+        let inner = &self.inner;
         let mut state = inner.lock()?;
         inner.check_serving(&mut state)?;
-        loop {
-            let current = inner.last.load(Ordering::Acquire);
-            let last = current
-                .checked_add(i64::from(count))
-                .filter(|l| *l <= LARGEST_TIMESTAMP)
-                .ok_or(TimestampError::Exhausted)?;
-            inner.raise_bound(&mut state, last)?;
-            // Lock-free requests may have moved `last` meanwhile (never past the bound): retry.
-            if inner
-                .last
-                .compare_exchange(current, last, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                return Ok(TimestampRange {
-                    first: current + 1,
-                    last,
-                });
-            }
-        }
+        let last = state
+            .last
+            .checked_add(i64::from(count))
+            .filter(|l| *l <= LARGEST_TIMESTAMP)
+            .ok_or(TimestampError::Exhausted)?;
+        inner.raise_bound(&mut state, last)?;
+        let first = state.last + 1;
+        state.last = last;
+        Ok(TimestampRange { first, last })
     }
 
     fn fast_forward(&self, to: Timestamp) -> Result<FastForward, TimestampError> {
@@ -713,15 +621,14 @@ impl TimestampService for PersistentTimestampService {
         let inner = &self.inner;
         let mut state = inner.lock()?;
         inner.check_serving(&mut state)?;
-        let current = inner.last.load(Ordering::Acquire);
-        if to <= current {
-            return Ok(FastForward::AlreadyBeyond { current });
+        if to <= state.last {
+            return Ok(FastForward::AlreadyBeyond {
+                current: state.last,
+            });
         }
         inner.raise_bound(&mut state, to)?;
-        let from = inner.last.fetch_max(to, Ordering::AcqRel);
-        if from >= to {
-            return Ok(FastForward::AlreadyBeyond { current: from });
-        }
+        let from = state.last;
+        state.last = to;
         Ok(FastForward::Advanced { from, to })
     }
 }
