@@ -98,10 +98,6 @@ pub(crate) fn collect_row(
     ts: Timestamp,
     cell_prefix: &mut Vec<u8>,
 ) -> KvsResult<Option<RowResult>> {
-    let row = match iter.key() {
-        Some(k) if k.starts_with(row_prefix) => keys::row_of(k, keys::layout(k)?),
-        _ => return Ok(None),
-    };
     let mut cells = BTreeMap::new();
     collect_cells(
         iter,
@@ -118,7 +114,7 @@ pub(crate) fn collect_row(
         return Ok(None);
     }
     Ok(Some(RowResult {
-        row,
+        row: keys::row_name(row_prefix),
         columns: cells,
     }))
 }

@@ -138,21 +138,17 @@ pub struct DecodedKey {
 fn unescape(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == 0 {
-            match bytes.get(i + 1)? {
-                0xFF => out.push(0),
-                0x01 => return Some((out, i + 2)),
-                _ => return None,
-            }
-            i += 2;
-        } else {
-            out.push(b);
-            i += 1;
+    // Copies the runs between escapes whole: most names have no zero byte at all.
+    loop {
+        let zero = i + bytes.get(i..)?.iter().position(|b| *b == 0)?;
+        out.extend_from_slice(&bytes[i..zero]);
+        match bytes.get(zero + 1)? {
+            0xFF => out.push(0),
+            0x01 => return Some((out, zero + 2)),
+            _ => return None,
         }
+        i = zero + 2;
     }
-    None
 }
 
 /// Where a version key's parts end, found without allocating: the row prefix is
@@ -195,9 +191,11 @@ pub fn column_of(key: &[u8], layout: Layout) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// The row name of a key with this layout.
-pub fn row_of(key: &[u8], layout: Layout) -> Vec<u8> {
-    unescape(&key[TABLE_PREFIX_LEN..layout.row_end])
+/// The row name of a row prefix (`key[..row_end]` of a key in the row, or [`row_prefix`]).
+pub fn row_name(row_prefix: &[u8]) -> Vec<u8> {
+    row_prefix
+        .get(TABLE_PREFIX_LEN..)
+        .and_then(unescape)
         .map(|(name, _)| name)
         .unwrap_or_default()
 }
@@ -244,7 +242,8 @@ mod tests {
             let d = decode(&key).unwrap();
             let l = layout(&key).unwrap();
             prop_assert_eq!(l.cell_end, d.cell_prefix_len);
-            prop_assert_eq!(row_of(&key, l), row.clone());
+            prop_assert_eq!(row_name(&key[..l.row_end]), row.clone());
+            prop_assert_eq!(row_name(&row_prefix(7, &row)), row.clone());
             prop_assert_eq!(column_of(&key, l), col.clone());
             prop_assert_eq!((d.row, d.column, d.ts), (row, col, ts));
         }
