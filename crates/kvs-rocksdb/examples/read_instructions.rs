@@ -12,25 +12,20 @@
 //! commit-timestamp lookup, the transaction's own bookkeeping).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use ortelius_kvs::{Cell, KeyValueService, TableRef};
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
 use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
 
+use common::{env, row as key};
+
 const KEYS: u64 = 100_000;
 
-fn key(i: u64) -> [u8; 8] {
-    // Spread keys as the benches do.
-    i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes()
-}
-
 fn main() {
-    let reads: u64 = std::env::var("READS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000)
-        .max(1);
+    let reads = env("READS", 100_000).max(1);
     let dir = tempfile::tempdir().unwrap();
     let kvs: Arc<dyn KeyValueService> =
         Arc::new(RocksDbKvs::open(dir.path().join("store"), &RocksDbConfig::default()).unwrap());

@@ -14,22 +14,14 @@
 //! row; their quotient is the instruction ratio of the `range_scan` group of `kvs_vs_raw`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::hint::black_box;
 
-use ortelius_kvs::{Cell, KeyValueService, RangeRequest, RowRange, TableRef, MAX_READ_TS};
+use ortelius_kvs::{KeyValueService, RangeRequest, RowRange, TableRef, MAX_READ_TS};
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
 
-fn row(i: u64) -> [u8; 8] {
-    // Spread keys as the benches do.
-    i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes()
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+use common::{env, load, row};
 
 fn main() {
     let (keys, rows, scans) = (
@@ -44,21 +36,14 @@ fn main() {
         dir.path().join("raw"),
     )
     .unwrap();
-    let table = TableRef::new("bench", "t").unwrap();
-    kvs.create_table(&table, b"").unwrap();
+    let table = load(&kvs, keys);
     for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
-        let writes: Vec<_> = chunk
-            .iter()
-            .map(|&i| (Cell::new(row(i), "v").unwrap(), vec![7u8; 100]))
-            .collect();
-        kvs.put(&table, &writes, 1).unwrap();
         let mut batch = rocksdb::WriteBatch::default();
         for &i in chunk {
             batch.put(row(i), [7u8; 100]);
         }
         raw.write(batch).unwrap();
     }
-    kvs.compact();
     raw.compact_range::<&[u8], &[u8]>(None, None);
     for _ in 0..scans {
         assert_eq!(measured_scan(&kvs, &table, rows), rows);

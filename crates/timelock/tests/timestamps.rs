@@ -17,6 +17,18 @@ fn store() -> Arc<dyn KeyValueService> {
     Arc::new(MemoryKvs::new())
 }
 
+/// An allocator holding a lease of `lease` on `kvs`.
+fn leased(kvs: Arc<RecordingKvs>, lease: std::time::Duration) -> PersistentTimestampService {
+    PersistentTimestampService::with_options(
+        kvs,
+        AllocatorOptions {
+            lease: Some(lease),
+            take_over: false,
+        },
+    )
+    .unwrap()
+}
+
 fn persisted_bound(kvs: &dyn KeyValueService) -> i64 {
     let t = TableRef::system(TIMESTAMP_TABLE).unwrap();
     let c = Cell::new("ts", "bound").unwrap();
@@ -228,16 +240,10 @@ fn concurrent_callers_get_unique_increasing_timestamps_from_one_allocation() {
 fn a_lease_renewal_whose_answer_was_lost_but_landed_keeps_the_lease() {
     let kvs = Arc::new(RecordingKvs::new(store()));
     let lease = std::time::Duration::from_millis(400);
-    let ts = PersistentTimestampService::with_options(
-        kvs.clone(),
-        AllocatorOptions {
-            lease: Some(lease),
-            take_over: false,
-        },
-    )
-    .unwrap();
-    let first = ts.fresh_timestamp().unwrap(); // the bound is raised: later check-and-sets renew
-                                               // The next renewal is written, but its answer is lost.
+    let ts = leased(kvs.clone(), lease);
+    // The bound is raised here: the check-and-sets after it are renewals.
+    let first = ts.fresh_timestamp().unwrap();
+    // The next renewal is written, but its answer is lost.
     kvs.inject("check_and_set", None, FaultTiming::After, 1);
     std::thread::sleep(lease * 2);
     // Renewals after it found their own later generation in the store: still this
@@ -250,14 +256,7 @@ fn a_lease_renewal_whose_answer_was_lost_but_landed_keeps_the_lease() {
 fn an_allocator_whose_lease_ran_out_hands_out_nothing_until_it_renews() {
     let kvs = Arc::new(RecordingKvs::new(store()));
     let lease = std::time::Duration::from_millis(300);
-    let ts = PersistentTimestampService::with_options(
-        kvs.clone(),
-        AllocatorOptions {
-            lease: Some(lease),
-            take_over: false,
-        },
-    )
-    .unwrap();
+    let ts = leased(kvs.clone(), lease);
     let first = ts.fresh_timestamp().unwrap();
     // The bound covers a million more, but the store stops answering: no renewal lands.
     kvs.inject("check_and_set", None, FaultTiming::Before, usize::MAX);
