@@ -16,11 +16,51 @@ pub use cassandra::CassandraCluster;
 pub use etcd::EtcdCluster;
 pub use postgres::Postgres;
 
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
-/// A port nothing listens on now.
+/// The lowest port [`free_port`] hands out.
+const LOWEST_PORT: u16 = 10_000;
+
+/// The kernel's range of ports for outgoing connections (`ip_local_port_range`).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
+}
+
+/// A port nothing listens on now, for a server a test is about to start.
+///
+/// It is taken below the kernel's ephemeral range: a port from that range (what binding port 0
+/// gives) can be handed to an outgoing connection between this check and the server's own
+/// bind, and the server then fails with "address already in use". The process never hands out
+/// the same port twice.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let (ephemeral_low, _) = ephemeral_ports();
+    let span = ephemeral_low.saturating_sub(LOWEST_PORT);
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0..10_000u32 {
+        if span < 100 {
+            break;
+        }
+        let mut h = random.build_hasher();
+        h.write_u32(attempt);
+        let port = LOWEST_PORT + (h.finish() % u64::from(span)) as u16;
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    // The range below the ephemeral ports is missing or full: fall back to one of those.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
