@@ -112,3 +112,20 @@ pub fn time_limit(limit: std::time::Duration, what: &str) -> TimeLimit {
 pub struct TimeLimit {
     _done: std::sync::mpsc::Sender<()>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let (ephemeral_low, _) = ephemeral_ports();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        for port in ports {
+            assert!(port >= LOWEST_PORT && port < ephemeral_low, "{port}");
+            TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
+    }
+}

@@ -273,9 +273,18 @@ fn an_allocator_whose_lease_ran_out_hands_out_nothing_until_it_renews() {
 
 #[test]
 fn a_fast_forward_is_seen_by_every_later_request_while_threads_keep_taking_timestamps() {
+    /// Stops the takers however the test's own thread leaves (a failed assertion included),
+    /// so a failure fails the test instead of hanging it.
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let ts = PersistentTimestampService::new(store()).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         for _ in 0..4 {
             s.spawn(|| {
                 let mut last = 0;
@@ -299,6 +308,5 @@ fn a_fast_forward_is_seen_by_every_later_request_while_threads_keep_taking_times
             let next = ts.fresh_timestamp().unwrap();
             assert!(next > target, "{next} after a fast-forward to {target}");
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
 }

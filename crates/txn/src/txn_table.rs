@@ -481,4 +481,22 @@ mod tests {
         assert_eq!(hot.get(7), None);
         assert_eq!(hot.get(HOT_SLOTS as i64), None, "a slot never written");
     }
+
+    #[test]
+    fn a_cleared_cache_forgets_every_outcome_in_both_of_its_layers() {
+        // Cleaning the transactions table clears the cache: an outcome answered after that
+        // from either layer could make a deleted transaction's writes visible.
+        let cache = StatusCache::new(1000);
+        let starts: Vec<Timestamp> = (1..=100).collect();
+        for &ts in &starts {
+            cache.insert(ts, TxnStatus::Committed(ts + 1));
+        }
+        for &ts in &starts {
+            assert_eq!(cache.get(ts), Some(TxnStatus::Committed(ts + 1)));
+        }
+        cache.clear();
+        for &ts in &starts {
+            assert_eq!(cache.get(ts), None, "timestamp {ts} after clear");
+        }
+    }
 }
