@@ -14,20 +14,21 @@ pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ortelius_kvs::{
     validate_read_ts, validate_version_ts, CandidateCell, CandidateCellsRequest, CandidatePage,
-    Cell, CellIter, CellWrites, CheckAndSetRequest, ColumnRange, ColumnSelection, KeyValueService,
-    KvsError, KvsResult, RangeRequest, RowIter, RowRange, TableRef, Timestamp,
+    Cell, CellIter, CellView, CellWrites, CheckAndSetRequest, ColumnRange, ColumnSelection,
+    KeyValueService, KvsError, KvsResult, RangeRequest, RowIter, RowRange, TableRef, Timestamp,
     TimestampRangeDelete, Value, ATOMIC_TS, SWEEP_SENTINEL_TS,
 };
 use rocksdb::{DBRawIterator, Options, WriteBatch, WriteOptions, DB};
 
 use crate::catalog::{Catalog, TableInfo, Tables};
 use crate::iter_pool::IterPool;
-use crate::range::{collect_row, ColumnRangeIter, RocksRangeIter};
+use crate::range::{collect_row, ColumnRangeIter, RocksRangeIter, Scratch};
 use ortelius_kvs::keycodec::{self as keys, DecodedKey};
 
 /// When writes reach the disk.
@@ -448,11 +449,11 @@ impl KeyValueService for RocksDbKvs {
         let id = self.table_id(table)?;
         self.iters.with_iter(|iter| {
             let mut out = BTreeMap::new();
-            let mut cell_prefix = Vec::new();
+            let mut scratch = Scratch::default();
             for row in rows {
                 let prefix = keys::row_prefix(id, row);
                 iter.seek(&prefix);
-                if let Some(result) = collect_row(iter, &prefix, columns, ts, &mut cell_prefix)? {
+                if let Some(result) = collect_row(iter, &prefix, columns, ts, &mut scratch)? {
                     for (column, value) in result.columns {
                         out.insert(Cell::new(row.clone(), column)?, value);
                     }
@@ -471,6 +472,18 @@ impl KeyValueService for RocksDbKvs {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
         Ok(Box::new(RocksRangeIter::new(&self.db, id, request, ts)))
+    }
+
+    fn scan_range(
+        &self,
+        table: &TableRef,
+        request: &RangeRequest,
+        ts: Timestamp,
+        visit: &mut dyn FnMut(CellView<'_>) -> ControlFlow<()>,
+    ) -> KvsResult<()> {
+        validate_read_ts(ts)?;
+        let id = self.table_id(table)?;
+        range::scan(&self.db, id, request, ts, visit)
     }
 
     fn get_rows_column_range<'a>(

@@ -3,10 +3,11 @@
 //! older versions with a few `next()` steps and then a seek (RocksDB's own heuristic).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::ControlFlow;
 
 use ortelius_kvs::{
-    Cell, ColumnRange, ColumnSelection, KvsError, KvsResult, RangeRequest, RowResult, Timestamp,
-    Value,
+    Cell, CellView, ColumnRange, ColumnSelection, KvsError, KvsResult, RangeRequest, RowResult,
+    Timestamp, Value,
 };
 use rocksdb::{DBRawIterator, ReadOptions, DB};
 
@@ -17,6 +18,12 @@ const SEQUENTIAL_SKIPS: usize = 4;
 
 fn storage(e: rocksdb::Error) -> KvsError {
     KvsError::storage(e)
+}
+
+fn malformed(key: &[u8]) -> KvsError {
+    KvsError::Corruption {
+        detail: format!("malformed version key {}", key.escape_ascii()),
+    }
 }
 
 /// Moves the iterator forward to the first key `>= target`.
@@ -32,82 +39,111 @@ fn advance_to(iter: &mut DBRawIterator<'_>, target: &[u8]) {
     }
 }
 
+/// Space reused across the cells and rows of one read, so that reading a cell allocates
+/// nothing: the current cell's key prefix, and its column name where it must be unescaped.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    cell_prefix: Vec<u8>,
+    column: Vec<u8>,
+}
+
+/// Takes a found cell's column name, version timestamp and contents, borrowed for the call.
+pub(crate) type Found<'f> = dyn FnMut(&[u8], Timestamp, &[u8]) -> ControlFlow<()> + 'f;
+
 /// Reads the cells of one row, from the iterator's position up to `upper` (exclusive; `None`
-/// = the end of the row), handing `found` each column accepted by `select` with its newest
-/// version `< ts`, in column order. Leaves the iterator after the last key read. `cell_prefix`
-/// is scratch space, reused across cells and rows to save an allocation per cell.
+/// = the end of the row), handing `found` each column accepted by `select` with the timestamp
+/// and contents of its newest version `< ts`, in column order, borrowed for the call. Stops
+/// early when `found` breaks. Leaves the iterator after the last key read.
 pub(crate) fn collect_cells(
     iter: &mut DBRawIterator<'_>,
     row_prefix: &[u8],
     upper: Option<&[u8]>,
     select: &dyn Fn(&[u8]) -> bool,
     ts: Timestamp,
-    cell_prefix: &mut Vec<u8>,
-    found: &mut dyn FnMut(Vec<u8>, Value),
-) -> KvsResult<()> {
+    scratch: &mut Scratch,
+    found: &mut Found<'_>,
+) -> KvsResult<ControlFlow<()>> {
+    let Scratch {
+        cell_prefix,
+        column,
+    } = scratch;
+    // The cell read last (older versions of it are skipped) and the steps taken past it.
+    cell_prefix.clear();
+    let mut skipped = 0;
     loop {
         let Some(key) = iter.key() else {
-            return iter.status().map_err(storage);
+            iter.status().map_err(storage)?;
+            return Ok(ControlFlow::Continue(()));
         };
-        if !key.starts_with(row_prefix) || upper.is_some_and(|u| key >= u) {
-            return Ok(());
+        if !cell_prefix.is_empty() && key.starts_with(cell_prefix) {
+            // Most cells have few versions: a few `next()` steps, then one seek.
+            if skipped < SEQUENTIAL_SKIPS {
+                skipped += 1;
+                iter.next();
+            } else {
+                iter.seek(keys::past_terminator(cell_prefix.clone()));
+            }
+            continue;
         }
-        let layout = keys::layout(key)?;
+        if !key.starts_with(row_prefix) || upper.is_some_and(|u| key >= u) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let layout = keys::layout_in_row(key, row_prefix.len())?;
         cell_prefix.clear();
         cell_prefix.extend_from_slice(&key[..layout.cell_end]);
-        let column = keys::column_of(key, layout);
-        if select(&column) {
-            let version_ts = keys::ts_of(key, layout.cell_end).unwrap_or(ts);
-            if version_ts >= ts {
-                advance_to(iter, &keys::with_ts(cell_prefix, ts - 1));
+        skipped = 0;
+        let name = keys::name_in(&cell_prefix[layout.row_end..], column)
+            .ok_or_else(|| malformed(cell_prefix))?;
+        if !select(name) {
+            // On this cell's newest version: step past it.
+            iter.next();
+            skipped = 1;
+            continue;
+        }
+        let newest = keys::ts_of(key, layout.cell_end).ok_or_else(|| malformed(key))?;
+        if newest < ts {
+            // The newest version is visible: read it where the iterator stands.
+            let contents = iter.value().unwrap_or_default();
+            if found(name, newest, contents).is_break() {
+                return Ok(ControlFlow::Break(()));
             }
-            if let (Some(k), Some(v)) = (iter.key(), iter.value()) {
-                if k.starts_with(cell_prefix) {
-                    let version_ts =
-                        keys::ts_of(k, cell_prefix.len()).ok_or_else(|| KvsError::Corruption {
-                            detail: format!("malformed version key {}", k.escape_ascii()),
-                        })?;
-                    found(column, Value::new(v, version_ts));
+            iter.next();
+            skipped = 1;
+            continue;
+        }
+        advance_to(iter, &keys::with_ts(cell_prefix, ts - 1));
+        if let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+            if k.starts_with(cell_prefix) {
+                let version_ts = keys::ts_of(k, cell_prefix.len()).ok_or_else(|| malformed(k))?;
+                if found(name, version_ts, v).is_break() {
+                    return Ok(ControlFlow::Break(()));
                 }
             }
         }
-        skip_cell(iter, cell_prefix);
-    }
-}
-
-/// Moves past every remaining version of the cell with this prefix: a few `next()` steps (most
-/// cells have few versions), then one seek.
-fn skip_cell(iter: &mut DBRawIterator<'_>, cell_prefix: &[u8]) {
-    for _ in 0..SEQUENTIAL_SKIPS {
-        match iter.key() {
-            Some(k) if k.starts_with(cell_prefix) => iter.next(),
-            _ => return,
-        }
-    }
-    if iter.key().is_some_and(|k| k.starts_with(cell_prefix)) {
-        iter.seek(keys::past_terminator(cell_prefix.to_vec()));
     }
 }
 
 /// Reads the whole row the iterator is positioned in (at `row_prefix`); `None` when no
-/// selected cell has a version below `ts`. `cell_prefix` is scratch space.
+/// selected cell has a version below `ts`.
 pub(crate) fn collect_row(
     iter: &mut DBRawIterator<'_>,
     row_prefix: &[u8],
     columns: &ColumnSelection,
     ts: Timestamp,
-    cell_prefix: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) -> KvsResult<Option<RowResult>> {
     let mut cells = BTreeMap::new();
-    collect_cells(
+    // `found` never stops the read.
+    let _ = collect_cells(
         iter,
         row_prefix,
         None,
         &|c| columns.contains(c),
         ts,
-        cell_prefix,
-        &mut |column, value| {
-            cells.insert(column, value);
+        scratch,
+        &mut |column, version_ts, contents| {
+            cells.insert(column.to_vec(), Value::new(contents, version_ts));
+            ControlFlow::Continue(())
         },
     )?;
     if cells.is_empty() {
@@ -119,21 +155,20 @@ pub(crate) fn collect_row(
     }))
 }
 
-/// A streaming row-range scan over one table; sees the store as of its creation.
-pub(crate) struct RocksRangeIter<'a> {
+/// The rows of one table's row range, walked forward or in reverse; sees the store as of its
+/// creation.
+struct Rows<'a> {
     iter: Option<DBRawIterator<'a>>,
-    columns: ColumnSelection,
-    ts: Timestamp,
     reverse: bool,
     started: bool,
     lower: Vec<u8>,
     /// Scratch space reused across rows: the current row's key prefix, and a cell's.
     row_prefix: Vec<u8>,
-    cell_prefix: Vec<u8>,
+    scratch: Scratch,
 }
 
-impl<'a> RocksRangeIter<'a> {
-    pub(crate) fn new(db: &'a DB, table_id: u32, request: &RangeRequest, ts: Timestamp) -> Self {
+impl<'a> Rows<'a> {
+    fn new(db: &'a DB, table_id: u32, request: &RangeRequest) -> Self {
         let rows = &request.rows;
         let lower = if rows.start.is_empty() {
             keys::table_start(table_id)
@@ -153,17 +188,20 @@ impl<'a> RocksRangeIter<'a> {
         });
         Self {
             iter,
-            columns: request.columns.clone(),
-            ts,
             reverse: request.reverse,
             started: false,
             lower,
             row_prefix: Vec::new(),
-            cell_prefix: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
-    fn next_row(&mut self) -> KvsResult<Option<RowResult>> {
+    /// Calls `read` on each following row, positioned at the row's first key with the row's
+    /// key prefix, until it returns something; `None` at the end of the range.
+    fn find<R>(
+        &mut self,
+        mut read: impl FnMut(&mut DBRawIterator<'a>, &[u8], &mut Scratch) -> KvsResult<Option<R>>,
+    ) -> KvsResult<Option<R>> {
         let Some(iter) = self.iter.as_mut() else {
             return Ok(None);
         };
@@ -182,21 +220,35 @@ impl<'a> RocksRangeIter<'a> {
             };
             let row_prefix = &mut self.row_prefix;
             row_prefix.clear();
-            row_prefix.extend_from_slice(&key[..keys::layout(key)?.row_end]);
-            let cell_prefix = &mut self.cell_prefix;
+            row_prefix.extend_from_slice(&key[..keys::row_prefix_len(key)?]);
             if self.reverse {
                 iter.seek(&*row_prefix);
-                let row = collect_row(iter, row_prefix, &self.columns, self.ts, cell_prefix)?;
+                let found = read(iter, row_prefix, &mut self.scratch)?;
                 // The last key before this row (no key equals a bare row prefix).
                 iter.seek_for_prev(&*row_prefix);
-                if row.is_some() {
-                    return Ok(row);
+                if found.is_some() {
+                    return Ok(found);
                 }
-            } else if let Some(row) =
-                collect_row(iter, row_prefix, &self.columns, self.ts, cell_prefix)?
-            {
-                return Ok(Some(row));
+            } else if let Some(found) = read(iter, row_prefix, &mut self.scratch)? {
+                return Ok(Some(found));
             }
+        }
+    }
+}
+
+/// A streaming row-range scan over one table; sees the store as of its creation.
+pub(crate) struct RocksRangeIter<'a> {
+    rows: Rows<'a>,
+    columns: ColumnSelection,
+    ts: Timestamp,
+}
+
+impl<'a> RocksRangeIter<'a> {
+    pub(crate) fn new(db: &'a DB, table_id: u32, request: &RangeRequest, ts: Timestamp) -> Self {
+        Self {
+            rows: Rows::new(db, table_id, request),
+            columns: request.columns.clone(),
+            ts,
         }
     }
 }
@@ -205,15 +257,56 @@ impl Iterator for RocksRangeIter<'_> {
     type Item = KvsResult<RowResult>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.next_row() {
+        let (columns, ts) = (&self.columns, self.ts);
+        match self
+            .rows
+            .find(|iter, row_prefix, scratch| collect_row(iter, row_prefix, columns, ts, scratch))
+        {
             Ok(Some(row)) => Some(Ok(row)),
             Ok(None) => None,
             Err(e) => {
-                self.iter = None;
+                self.rows.iter = None;
                 Some(Err(e))
             }
         }
     }
+}
+
+/// [`KeyValueService::scan_range`](ortelius_kvs::KeyValueService::scan_range) over one table:
+/// names are borrowed from the key (or unescaped into reused space) and contents from the
+/// iterator, so a row costs no allocation.
+pub(crate) fn scan(
+    db: &DB,
+    table_id: u32,
+    request: &RangeRequest,
+    ts: Timestamp,
+    visit: &mut dyn FnMut(CellView<'_>) -> ControlFlow<()>,
+) -> KvsResult<()> {
+    let mut rows = Rows::new(db, table_id, request);
+    let mut row_name = Vec::new();
+    let select = |c: &[u8]| request.columns.contains(c);
+    rows.find(|iter, row_prefix, scratch| {
+        let row =
+            keys::row_name_in(row_prefix, &mut row_name).ok_or_else(|| malformed(row_prefix))?;
+        let flow = collect_cells(
+            iter,
+            row_prefix,
+            None,
+            &select,
+            ts,
+            scratch,
+            &mut |column, timestamp, contents| {
+                visit(CellView {
+                    row,
+                    column,
+                    timestamp,
+                    contents,
+                })
+            },
+        )?;
+        Ok(flow.break_value())
+    })?;
+    Ok(())
 }
 
 /// Streams a column range of several rows, row by row in caller order.
@@ -257,14 +350,18 @@ impl<'a> ColumnRangeIter<'a> {
             .then(|| keys::cell_prefix(self.table_id, &row, &self.columns.end));
         self.iter.seek(&start);
         let mut cells = Vec::new();
-        collect_cells(
+        // `found` never stops the read.
+        let _ = collect_cells(
             &mut self.iter,
             &row_prefix,
             upper.as_deref(),
             &|_| true,
             self.ts,
-            &mut Vec::new(),
-            &mut |column, value| cells.push((column, value)),
+            &mut Scratch::default(),
+            &mut |column, version_ts, contents| {
+                cells.push((column.to_vec(), Value::new(contents, version_ts)));
+                ControlFlow::Continue(())
+            },
         )?;
         for (column, value) in cells {
             self.buffer

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 
@@ -34,6 +35,7 @@ macro_rules! kvs_conformance_tests {
             get_range_reads_historical_versions,
             get_range_streams_many_rows_in_order,
             get_range_keeps_the_newest_of_many_versions_across_pages,
+            scan_range_stops_when_the_visitor_breaks,
             get_rows_column_range_keeps_caller_row_order,
             get_latest_timestamps_returns_version_timestamps,
             get_all_timestamps_lists_versions_below_bound,
@@ -107,16 +109,64 @@ fn val(s: &str, ts: Timestamp) -> Option<Value> {
     Some(Value::new(s.as_bytes(), ts))
 }
 
+/// The rows of `get_range`, checked against the same read through `scan_range`.
 fn range<K: KeyValueService + ?Sized>(
     kvs: &K,
     t: &TableRef,
     req: &RangeRequest,
     ts: Timestamp,
 ) -> Vec<RowResult> {
-    kvs.get_range(t, req, ts)
+    let rows = kvs
+        .get_range(t, req, ts)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
-        .unwrap()
+        .unwrap();
+    assert_eq!(
+        scanned(kvs, t, req, ts, usize::MAX),
+        flatten(&rows),
+        "{req:?}"
+    );
+    rows
+}
+
+/// Every cell of `rows` as (row, column, value), in order.
+fn flatten(rows: &[RowResult]) -> Vec<(Vec<u8>, Vec<u8>, Value)> {
+    rows.iter()
+        .flat_map(|r| {
+            r.columns
+                .iter()
+                .map(|(c, v)| (r.row.clone(), c.clone(), v.clone()))
+        })
+        .collect()
+}
+
+/// The first `limit` cells `scan_range` hands its visitor (it stops the scan at the limit).
+fn scanned<K: KeyValueService + ?Sized>(
+    kvs: &K,
+    t: &TableRef,
+    req: &RangeRequest,
+    ts: Timestamp,
+    limit: usize,
+) -> Vec<(Vec<u8>, Vec<u8>, Value)> {
+    let mut cells = Vec::new();
+    let mut visits = 0;
+    kvs.scan_range(t, req, ts, &mut |c| {
+        visits += 1;
+        assert!(cells.len() < limit, "visited after Break");
+        cells.push((
+            c.row.to_vec(),
+            c.column.to_vec(),
+            Value::new(c.contents, c.timestamp),
+        ));
+        if cells.len() == limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert_eq!(visits, cells.len());
+    cells
 }
 
 fn row_names(rows: &[RowResult]) -> Vec<String> {
@@ -342,6 +392,40 @@ pub fn get_range_keeps_the_newest_of_many_versions_across_pages<K: KeyValueServi
     }
 }
 
+/// `scan_range` stops where its visitor says, mid-row too, in both directions.
+pub fn scan_range_stops_when_the_visitor_breaks<K: KeyValueService + ?Sized>(kvs: &K) {
+    let t = table(kvs, "t");
+    let writes: Vec<(Cell, Vec<u8>)> = (0..1500u32)
+        .flat_map(|i| {
+            [
+                (Cell::new(i.to_be_bytes(), "a").unwrap(), vec![1]),
+                (Cell::new(i.to_be_bytes(), "b").unwrap(), vec![2]),
+            ]
+        })
+        .collect();
+    kvs.put(&t, &writes, 3).unwrap();
+    for reverse in [false, true] {
+        let request = RangeRequest {
+            reverse,
+            ..RangeRequest::default()
+        };
+        let all = flatten(&range(kvs, &t, &request, 4));
+        assert_eq!(all.len(), 3000);
+        for limit in [1, 2, 3, 1001, 2999] {
+            assert_eq!(
+                scanned(kvs, &t, &request, 4, limit),
+                all[..limit],
+                "limit {limit}, reverse {reverse}"
+            );
+        }
+    }
+    let missing = TableRef::new("test", "missing").unwrap();
+    let r = kvs.scan_range(&missing, &RangeRequest::all(), 4, &mut |_| {
+        panic!("visited a missing table")
+    });
+    assert!(matches!(r, Err(KvsError::TableNotFound { .. })), "{r:?}");
+}
+
 pub fn get_rows_column_range_keeps_caller_row_order<K: KeyValueService + ?Sized>(kvs: &K) {
     let t = table(kvs, "t");
     fill_rows(kvs, &t, &["r1", "r2"], &["a", "b", "c", "d"]);
@@ -462,7 +546,18 @@ pub fn names_with_zero_and_ff_bytes_and_maximum_length_round_trip<K: KeyValueSer
             Some(Value::new(vec![i as u8; 3], 1 + i as i64))
         );
     }
-    assert_eq!(range(kvs, &t, &RangeRequest::all(), MAX_READ_TS).len(), 4);
+    let rows = range(kvs, &t, &RangeRequest::all(), MAX_READ_TS);
+    let mut cells: Vec<(Vec<u8>, Vec<u8>)> = rows
+        .iter()
+        .flat_map(|r| r.columns.keys().map(|c| (r.row.clone(), c.clone())))
+        .collect();
+    cells.sort();
+    let mut expected: Vec<(Vec<u8>, Vec<u8>)> = odd
+        .iter()
+        .map(|c| (c.row().to_vec(), c.column().to_vec()))
+        .collect();
+    expected.sort();
+    assert_eq!(cells, expected, "names read back by a scan");
     assert!(Cell::new(vec![1u8; MAX_NAME_LENGTH + 1], "c").is_err());
 }
 

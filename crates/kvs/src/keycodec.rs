@@ -137,6 +137,13 @@ pub struct DecodedKey {
 
 fn unescape(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
     let mut out = Vec::with_capacity(bytes.len());
+    let len = unescape_into(bytes, &mut out)?;
+    Some((out, len))
+}
+
+/// Appends the name escaped at the start of `bytes` to `out`; the escaped length (with its
+/// terminator), or `None` if malformed.
+fn unescape_into(bytes: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     let mut i = 0;
     // Copies the runs between escapes whole: most names have no zero byte at all.
     loop {
@@ -144,11 +151,29 @@ fn unescape(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
         out.extend_from_slice(&bytes[i..zero]);
         match bytes.get(zero + 1)? {
             0xFF => out.push(0),
-            0x01 => return Some((out, zero + 2)),
+            0x01 => return Some(zero + 2),
             _ => return None,
         }
         i = zero + 2;
     }
+}
+
+/// The name escaped in exactly `escaped` (terminator included), without allocating: borrowed
+/// from `escaped` when the name has no zero byte (nothing to unescape), else unescaped into
+/// `scratch`. `None` if `escaped` is not exactly one escaped name.
+pub fn name_in<'a>(escaped: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    let body = escaped.strip_suffix(&TERMINATOR)?;
+    if !body.contains(&0) {
+        return Some(body);
+    }
+    scratch.clear();
+    let len = unescape_into(escaped, scratch)?;
+    (len == escaped.len()).then_some(scratch.as_slice())
+}
+
+/// [`row_name`] without allocating, as [`name_in`] does.
+pub fn row_name_in<'a>(row_prefix: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    name_in(row_prefix.get(TABLE_PREFIX_LEN..)?, scratch)
 }
 
 /// Where a version key's parts end, found without allocating: the row prefix is
@@ -172,14 +197,27 @@ fn name_end(key: &[u8], from: usize) -> Option<usize> {
     }
 }
 
-pub fn layout(key: &[u8]) -> KvsResult<Layout> {
-    let corrupt = || KvsError::Corruption {
+fn malformed(key: &[u8]) -> KvsError {
+    KvsError::Corruption {
         detail: format!("malformed version key {}", key.escape_ascii()),
-    };
-    let row_end = name_end(key, TABLE_PREFIX_LEN).ok_or_else(corrupt)?;
-    let cell_end = name_end(key, row_end).ok_or_else(corrupt)?;
+    }
+}
+
+pub fn layout(key: &[u8]) -> KvsResult<Layout> {
+    layout_in_row(key, row_prefix_len(key)?)
+}
+
+/// The length of the row prefix a version key starts with (its layout's `row_end`).
+pub fn row_prefix_len(key: &[u8]) -> KvsResult<usize> {
+    name_end(key, TABLE_PREFIX_LEN).ok_or_else(|| malformed(key))
+}
+
+/// The layout of a version key already known to start with a row prefix of `row_end` bytes
+/// (found by [`row_prefix_len`], or the key starts with a [`row_prefix`]).
+pub fn layout_in_row(key: &[u8], row_end: usize) -> KvsResult<Layout> {
+    let cell_end = name_end(key, row_end).ok_or_else(|| malformed(key))?;
     if key.len() != cell_end + TS_LEN {
-        return Err(corrupt());
+        return Err(malformed(key));
     }
     Ok(Layout { row_end, cell_end })
 }
@@ -234,6 +272,21 @@ mod tests {
         )
     }
 
+    #[test]
+    fn name_in_takes_exactly_one_escaped_name() {
+        let mut scratch = Vec::new();
+        assert_eq!(name_in(b"ab\0\x01", &mut scratch), Some(&b"ab"[..]));
+        assert_eq!(name_in(b"a\0\xffb\0\x01", &mut scratch), Some(&b"a\0b"[..]));
+        for bad in [
+            &b"ab"[..],
+            b"a\0\x01b\0\x01",
+            b"a\0\x05\0\x01",
+            b"\0\x01\0\x01",
+        ] {
+            assert_eq!(name_in(bad, &mut scratch), None, "{}", bad.escape_ascii());
+        }
+    }
+
     proptest! {
         #[test]
         fn keys_decode_to_what_was_encoded(row in name(), col in name(), ts in -1i64..i64::MAX) {
@@ -241,10 +294,14 @@ mod tests {
             let key = version_key(7, &cell, ts);
             let d = decode(&key).unwrap();
             let l = layout(&key).unwrap();
+            prop_assert_eq!(row_prefix_len(&key).unwrap(), row_prefix(7, &row).len());
             prop_assert_eq!(l.cell_end, d.cell_prefix_len);
             prop_assert_eq!(row_name(&key[..l.row_end]), row.clone());
             prop_assert_eq!(row_name(&row_prefix(7, &row)), row.clone());
             prop_assert_eq!(column_of(&key, l), col.clone());
+            let mut scratch = vec![9; 3];
+            prop_assert_eq!(name_in(&key[l.row_end..l.cell_end], &mut scratch), Some(col.as_slice()));
+            prop_assert_eq!(row_name_in(&key[..l.row_end], &mut scratch), Some(row.as_slice()));
             prop_assert_eq!((d.row, d.column, d.ts), (row, col, ts));
         }
 

@@ -1,12 +1,13 @@
 //! The `KeyValueService` trait: AtlasDB's multi-version store contract.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 use crate::error::KvsResult;
 use crate::types::{
-    CandidateCellsRequest, CandidatePage, Cell, CellWrites, CheckAndSetRequest, ColumnRange,
-    ColumnSelection, RangeRequest, RowRange, RowResult, TableRef, Timestamp, TimestampRangeDelete,
-    Value,
+    CandidateCellsRequest, CandidatePage, Cell, CellView, CellWrites, CheckAndSetRequest,
+    ColumnRange, ColumnSelection, RangeRequest, RowRange, RowResult, TableRef, Timestamp,
+    TimestampRangeDelete, Value,
 };
 
 /// A streaming row iterator; rows are produced as the caller pulls, never the whole table at once.
@@ -70,6 +71,34 @@ pub trait KeyValueService: Send + Sync {
         request: &RangeRequest,
         ts: Timestamp,
     ) -> KvsResult<RowIter<'a>>;
+    /// What [`get_range`](Self::get_range) returns, one cell at a time and borrowed rather than
+    /// copied: `visit` sees every cell of every row `get_range` would return, in the same order
+    /// (rows in the request's order, columns ascending within a row), until it returns
+    /// `Break`. A backend that can hand out its own buffers (RocksDB) allocates nothing per
+    /// cell; the default builds the rows of `get_range`.
+    fn scan_range(
+        &self,
+        table: &TableRef,
+        request: &RangeRequest,
+        ts: Timestamp,
+        visit: &mut dyn FnMut(CellView<'_>) -> ControlFlow<()>,
+    ) -> KvsResult<()> {
+        for row in self.get_range(table, request, ts)? {
+            let row = row?;
+            for (column, value) in &row.columns {
+                let cell = CellView {
+                    row: &row.row,
+                    column,
+                    timestamp: value.timestamp,
+                    contents: &value.contents,
+                };
+                if visit(cell).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
     /// Streams, for each row in caller order, the cells of a column range (columns ascending)
     /// with their latest version `< ts`.
     fn get_rows_column_range<'a>(

@@ -3,10 +3,11 @@
 //! paths (a storage error, or an error *after* the write happened — "outcome unknown").
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    CandidateCellsRequest, CandidatePage, Cell, CellIter, CellWrites, CheckAndSetRequest,
+    CandidateCellsRequest, CandidatePage, Cell, CellIter, CellView, CellWrites, CheckAndSetRequest,
     ColumnRange, ColumnSelection, KeyValueService, KvsError, KvsResult, RangeRequest, RowIter,
     RowRange, TableRef, Timestamp, TimestampRangeDelete, Value,
 };
@@ -203,6 +204,17 @@ impl KeyValueService for RecordingKvs {
     ) -> KvsResult<RowIter<'a>> {
         self.call("get_range", Some(table), || {
             self.inner.get_range(table, request, ts)
+        })
+    }
+    fn scan_range(
+        &self,
+        table: &TableRef,
+        request: &RangeRequest,
+        ts: Timestamp,
+        visit: &mut dyn FnMut(CellView<'_>) -> ControlFlow<()>,
+    ) -> KvsResult<()> {
+        self.call("scan_range", Some(table), || {
+            self.inner.scan_range(table, request, ts, visit)
         })
     }
     fn get_rows_column_range<'a>(

@@ -305,6 +305,16 @@ pub struct RowResult {
     pub columns: BTreeMap<Vec<u8>, Value>,
 }
 
+/// One cell of a [`scan_range`](crate::KeyValueService::scan_range): the latest version below
+/// the read's bound, borrowed from the backend for the length of the call it is passed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CellView<'a> {
+    pub row: &'a [u8],
+    pub column: &'a [u8],
+    pub timestamp: Timestamp,
+    pub contents: &'a [u8],
+}
+
 /// Which versions of a cell `delete_all_timestamps` removes: `[min, max]` where
 /// `max = timestamp` if `end_inclusive` else `timestamp - 1`, and `min = -1` when
 /// `delete_sentinels` else `0`.

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::ControlFlow;
 use std::sync::atomic::{fence, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -350,22 +351,26 @@ impl TransactionsTable {
         Ok((start, TxnStatus::decode(start, value)?))
     }
 
-    /// Calls `f` with every decided transaction in start order (a whole-table scan that never
-    /// loads the table at once). Fails on a malformed entry.
-    pub fn scan(&self, mut f: impl FnMut(Timestamp, TxnStatus) -> KvsResult<()>) -> KvsResult<u64> {
-        let mut scanned = 0;
-        for row in self
-            .kvs
-            .get_range(&self.table, &RangeRequest::all(), MAX_READ_TS)?
-        {
-            let row = row?;
-            let start = decode_start(&row.row)?;
-            for value in row.columns.values() {
-                f(start, TxnStatus::decode(start, &value.contents)?)?;
-            }
-            scanned += 1;
-        }
-        Ok(scanned)
+    /// Calls `f` with every decided transaction in start order: a whole-table scan that never
+    /// loads the table at once nor copies an entry out of the store. Fails on a malformed entry
+    /// or the first error of `f`.
+    pub fn scan(&self, mut f: impl FnMut(Timestamp, TxnStatus) -> KvsResult<()>) -> KvsResult<()> {
+        let mut outcome = Ok(());
+        self.kvs.scan_range(
+            &self.table,
+            &RangeRequest::all(),
+            MAX_READ_TS,
+            &mut |entry| {
+                outcome = decode_start(entry.row)
+                    .and_then(|start| f(start, TxnStatus::decode(start, entry.contents)?));
+                if outcome.is_ok() {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                }
+            },
+        )?;
+        outcome
     }
 
     /// Restore step: deletes every entry whose commit timestamp is `>= backup_ts`, scanning the
@@ -403,9 +408,51 @@ impl TransactionsTable {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use std::hash::BuildHasher;
 
     use super::*;
+
+    #[test]
+    fn a_scan_stops_at_the_first_error() {
+        let kvs: Arc<dyn KeyValueService> = Arc::new(ortelius_kvs::memory::MemoryKvs::new());
+        let table = TransactionsTable::new(kvs.clone(), 16).unwrap();
+        for start in 1..=5 {
+            table
+                .put_unless_exists(start, TxnStatus::Committed(start + 10))
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let err = table
+            .scan(|start, _| {
+                seen.push(start);
+                if start == 2 {
+                    Err(KvsError::Unavailable {
+                        detail: "stop".to_owned(),
+                    })
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap_err();
+        assert!(matches!(err, KvsError::Unavailable { .. }), "{err:?}");
+        assert_eq!(seen, [1, 2], "nothing after the error");
+        // A row that is not a start timestamp is corruption, reported as such.
+        kvs.put_unless_exists(
+            table.table(),
+            &[(Cell::new("bad", COLUMN).unwrap(), vec![])],
+        )
+        .unwrap();
+        seen.clear();
+        let err = table
+            .scan(|start, _| {
+                seen.push(start);
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(matches!(err, KvsError::Corruption { .. }), "{err:?}");
+        assert_eq!(seen, [1, 2, 3, 4, 5]);
+    }
 
     #[test]
     fn timestamp_hashes_spread_over_buckets_even_for_aligned_timestamps() {
