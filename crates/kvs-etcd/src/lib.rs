@@ -287,6 +287,18 @@ impl EtcdKvs {
         }
     }
 
+    /// The peer URLs of every member of the cluster this store is connected to.
+    pub(crate) fn peer_urls(&self) -> KvsResult<Vec<String>> {
+        let members = self.call("member list", false, |mut client| async move {
+            client.member_list().await
+        })?;
+        Ok(members
+            .members()
+            .iter()
+            .flat_map(|m| m.peer_urls().iter().cloned())
+            .collect())
+    }
+
     /// One key, read linearizably.
     fn get_key(&self, operation: &'static str, key: &[u8]) -> KvsResult<etcd_client::GetResponse> {
         self.call(operation, false, |mut client| {

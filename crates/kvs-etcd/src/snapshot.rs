@@ -166,17 +166,72 @@ pub(crate) struct TempMember {
     pub(crate) kvs: Arc<EtcdKvs>,
 }
 
+/// Starts of the temporary member tried, each on fresh ports: a port found free can be taken by
+/// another process before the member binds it.
+const START_ATTEMPTS: usize = 3;
+
+/// What became of one start of the temporary member.
+enum Started {
+    Up(TempMember),
+    /// Its ports were taken (the reason): the member exited unable to bind one, or another etcd
+    /// answered on its client port.
+    PortsTaken(String),
+}
+
+/// Kills a member that is not going to be used, and reaps it.
+fn discard(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The end of what a member wrote to its log, for error messages.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(3)..].join("\n")
+}
+
 impl TempMember {
     /// Starts a member from the snapshot in `snapshot_dir`; `etcdctl` checks the snapshot's
     /// own hash unless `trust_hash` and the snapshot was checked when it was taken.
     pub(crate) fn start(snapshot_dir: &Path, trust_hash: bool) -> KvsResult<Self> {
+        Self::start_on(snapshot_dir, trust_hash, &mut || {
+            Ok((free_port()?, free_port()?))
+        })
+    }
+
+    /// [`start`](Self::start) on the (peer, client) ports `ports` hands out, a pair per attempt.
+    fn start_on(
+        snapshot_dir: &Path,
+        trust_hash: bool,
+        ports: &mut dyn FnMut() -> KvsResult<(u16, u16)>,
+    ) -> KvsResult<Self> {
+        let mut why = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start(snapshot_dir, trust_hash, ports()?)? {
+                Started::Up(member) => return Ok(member),
+                Started::PortsTaken(reason) => why = reason,
+            }
+        }
+        Err(KvsError::Unavailable {
+            detail: format!(
+                "a temporary etcd member for the snapshot found its loopback ports taken \
+                 {START_ATTEMPTS} times (last: {why}); try again"
+            ),
+        })
+    }
+
+    fn try_start(
+        snapshot_dir: &Path,
+        trust_hash: bool,
+        (peer, client_port): (u16, u16),
+    ) -> KvsResult<Started> {
         let skip_hash_check = trust_hash && snapshot_dir.join(HASH_CHECKED_FILE).exists();
         let prefix = std::fs::read_to_string(snapshot_dir.join(PREFIX_FILE))
             .map_err(|e| io_error("cannot read", &snapshot_dir.join(PREFIX_FILE), e))?;
         let dir = tempfile::tempdir().map_err(|e| KvsError::Storage {
             detail: format!("cannot create a temporary directory: {e}"),
         })?;
-        let (peer, client_port) = (free_port()?, free_port()?);
         let peer_url = format!("http://127.0.0.1:{peer}");
         let client_url = format!("http://127.0.0.1:{client_port}");
         let data = dir.path().join("member");
@@ -203,7 +258,10 @@ impl TempMember {
                 ),
             });
         }
-        let child = tool("etcd")?
+        let log = dir.path().join("etcd.log");
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| io_error("cannot create", &log, e))?;
+        let mut child = tool("etcd")?
             .args(["--name", "ortelius-restore"])
             .arg("--data-dir")
             .arg(&data)
@@ -224,34 +282,23 @@ impl TempMember {
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file)
             .spawn()
             .map_err(|e| KvsError::Storage {
                 detail: format!("cannot start a temporary etcd member: {e}"),
             })?;
         let config = EtcdConfig::new(vec![client_url], prefix.trim());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut member = TempMember {
-            dir,
-            child,
-            kvs: loop {
-                match EtcdKvs::open(&config) {
-                    Ok(kvs) => break Arc::new(kvs),
-                    Err(_) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50))
-                    }
-                    Err(e) => {
-                        return Err(KvsError::Storage {
-                            detail: format!(
-                                "a temporary etcd member from the snapshot did not start: {e}"
-                            ),
-                        })
-                    }
-                }
-            },
-        };
-        let _ = &mut member;
-        Ok(member)
+        match wait_serving(&mut child, &config, &log, &peer_url) {
+            Ok(Ok(kvs)) => Ok(Started::Up(TempMember { dir, child, kvs })),
+            Ok(Err(why)) => {
+                discard(&mut child);
+                Ok(Started::PortsTaken(why))
+            }
+            Err(e) => {
+                discard(&mut child);
+                Err(e)
+            }
+        }
     }
 
     /// Stops the member cleanly (SIGTERM: it commits its database before it exits) and
@@ -291,6 +338,57 @@ impl Drop for TempMember {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until the member just started serves on its client URL. `Ok(Err(why))` when its
+/// ports were taken: it exited unable to bind one, or the etcd answering there is not it (its
+/// peer URL is not among that cluster's members).
+fn wait_serving(
+    child: &mut Child,
+    config: &EtcdConfig,
+    log: &Path,
+    peer_url: &str,
+) -> KvsResult<Result<Arc<EtcdKvs>, String>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let exited = child.try_wait().map_err(|e| KvsError::Storage {
+            detail: format!("cannot watch the temporary etcd member: {e}"),
+        })?;
+        if let Some(status) = exited {
+            let said = log_tail(log);
+            if said.contains("address already in use") {
+                return Ok(Err(said));
+            }
+            return Err(KvsError::Storage {
+                detail: format!(
+                    "a temporary etcd member from the snapshot exited ({status}) before it \
+                     served; it said: {said}"
+                ),
+            });
+        }
+        match EtcdKvs::open(config) {
+            Ok(kvs) => {
+                return if kvs.peer_urls()?.iter().any(|u| u == peer_url) {
+                    Ok(Ok(Arc::new(kvs)))
+                } else {
+                    Ok(Err(format!(
+                        "another etcd answers on {}",
+                        config.describe()
+                    )))
+                };
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => {
+                return Err(KvsError::Storage {
+                    detail: format!(
+                        "a temporary etcd member from the snapshot did not start within 60 s: \
+                         {e}; it said: {}",
+                        log_tail(log)
+                    ),
+                })
+            }
+        }
     }
 }
 
@@ -493,6 +591,7 @@ impl SnapshotFormat for EtcdFormat {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use ortelius_kvs::MAX_READ_TS;
 
     fn stream(data: &[u8]) -> Vec<u8> {
         let mut s = data.to_vec();
@@ -506,6 +605,55 @@ mod tests {
             hash.update(c);
         }
         hash.check()
+    }
+
+    /// A restore's private member never settles for an etcd it did not start: handed the
+    /// client port of a running etcd, then a peer port another process holds, it starts again
+    /// on fresh ports and serves the snapshot, not the running store.
+    #[test]
+    fn a_temporary_member_starts_again_when_its_ports_are_taken() {
+        let cluster = ortelius_test_servers::EtcdCluster::start(1, &[]);
+        let kvs = Arc::new(EtcdKvs::open(&EtcdConfig::new(cluster.endpoints(), "/ports")).unwrap());
+        let t = TableRef::new("ns", "t").unwrap();
+        kvs.create_table(&t, b"").unwrap();
+        let cell = Cell::new("r", "c").unwrap();
+        kvs.put(&t, &[(cell.clone(), b"in the snapshot".to_vec())], 1)
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("snapshot");
+        EtcdSnapshots::new(kvs.clone())
+            .take(&dir, &|_, _| {})
+            .unwrap();
+        kvs.put(&t, &[(cell.clone(), b"after it".to_vec())], 2)
+            .unwrap();
+        let live_client: u16 = cluster
+            .endpoint(0)
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let held_peer = held.local_addr().unwrap().port();
+        let free = ortelius_test_servers::free_port;
+        let mut handed =
+            vec![(free(), live_client), (held_peer, free()), (free(), free())].into_iter();
+        let mut member =
+            TempMember::start_on(&dir, false, &mut || Ok(handed.next().unwrap())).unwrap();
+        assert_eq!(handed.len(), 0, "three starts");
+        assert_eq!(
+            member.kvs.get(&t, &[(cell.clone(), MAX_READ_TS)]).unwrap()[&cell].contents,
+            b"in the snapshot"
+        );
+        member.stop().unwrap();
+        let mut taken = vec![(free(), live_client); START_ATTEMPTS].into_iter();
+        let err = TempMember::start_on(&dir, false, &mut || Ok(taken.next().unwrap()))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, KvsError::Unavailable { detail } if detail.contains("ports taken")),
+            "{err}"
+        );
     }
 
     #[test]
