@@ -91,11 +91,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> TxnResult<MutexGuard<'_, T>> {
 }
 
 fn non_empty(values: BTreeMap<Cell, Value>) -> BTreeMap<Cell, Vec<u8>> {
-    values
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(c, v)| (c, v.contents))
-        .collect()
+    // Inserted one by one, in order: collecting would gather the entries into a vector and
+    // sort it first, which for the usual handful of cells costs more than the inserts.
+    let mut out = BTreeMap::new();
+    for (cell, value) in values {
+        if !value.is_empty() {
+            out.insert(cell, value.contents);
+        }
+    }
+    out
 }
 
 impl Transaction {
