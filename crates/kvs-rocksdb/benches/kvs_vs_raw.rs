@@ -125,16 +125,26 @@ fn raw_scan(db: &DB) -> u64 {
     n
 }
 
+/// A scan group, its raw side already measured.
+fn scan_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    s: &Stores,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(SCAN_ROWS));
+    group.sample_size(20);
+    group.bench_function("raw", |b| b.iter(|| raw_scan(&s.raw)));
+    group
+}
+
 /// The contract's scans against raw iteration: `range_scan` builds the owned rows of
 /// `get_range`; `range_scan_borrowed` visits each cell with `scan_range` and copies its row
 /// name and contents out, as the raw side copies its key and value.
 fn range_scan(c: &mut Criterion) {
     let s = stores();
     let request = RangeRequest::rows(RowRange::all());
-    let mut group = c.benchmark_group("range_scan");
-    group.throughput(Throughput::Elements(SCAN_ROWS));
-    group.sample_size(20);
-    group.bench_function("raw", |b| b.iter(|| raw_scan(&s.raw)));
+    let mut group = scan_group(c, "range_scan", &s);
     group.bench_function("ortelius", |b| {
         b.iter(|| {
             let mut rows = 0;
@@ -151,10 +161,7 @@ fn range_scan(c: &mut Criterion) {
         })
     });
     group.finish();
-    let mut group = c.benchmark_group("range_scan_borrowed");
-    group.throughput(Throughput::Elements(SCAN_ROWS));
-    group.sample_size(20);
-    group.bench_function("raw", |b| b.iter(|| raw_scan(&s.raw)));
+    let mut group = scan_group(c, "range_scan_borrowed", &s);
     group.bench_function("ortelius", |b| {
         b.iter(|| {
             // One column per row: a cell is a row.

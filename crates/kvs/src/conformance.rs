@@ -324,8 +324,8 @@ pub fn get_range_reads_historical_versions<K: KeyValueService + ?Sized>(kvs: &K)
     assert_eq!(at8[0].columns.get(b"x".as_slice()), val("a5", 5).as_ref());
 }
 
-pub fn get_range_streams_many_rows_in_order<K: KeyValueService + ?Sized>(kvs: &K) {
-    let t = table(kvs, "t");
+/// Rows 0..1500 (big-endian u32 names), each with cells `a` and `b`, at ts 3.
+fn fill_1500_rows_of_two_cells<K: KeyValueService + ?Sized>(kvs: &K, t: &TableRef) {
     let writes: Vec<(Cell, Vec<u8>)> = (0..1500u32)
         .flat_map(|i| {
             [
@@ -334,7 +334,12 @@ pub fn get_range_streams_many_rows_in_order<K: KeyValueService + ?Sized>(kvs: &K
             ]
         })
         .collect();
-    kvs.put(&t, &writes, 3).unwrap();
+    kvs.put(t, &writes, 3).unwrap();
+}
+
+pub fn get_range_streams_many_rows_in_order<K: KeyValueService + ?Sized>(kvs: &K) {
+    let t = table(kvs, "t");
+    fill_1500_rows_of_two_cells(kvs, &t);
     let mut it = kvs.get_range(&t, &RangeRequest::all(), 4).unwrap();
     let first = it.next().unwrap().unwrap();
     assert_eq!(first.row, 0u32.to_be_bytes());
@@ -395,15 +400,7 @@ pub fn get_range_keeps_the_newest_of_many_versions_across_pages<K: KeyValueServi
 /// `scan_range` stops where its visitor says, mid-row too, in both directions.
 pub fn scan_range_stops_when_the_visitor_breaks<K: KeyValueService + ?Sized>(kvs: &K) {
     let t = table(kvs, "t");
-    let writes: Vec<(Cell, Vec<u8>)> = (0..1500u32)
-        .flat_map(|i| {
-            [
-                (Cell::new(i.to_be_bytes(), "a").unwrap(), vec![1]),
-                (Cell::new(i.to_be_bytes(), "b").unwrap(), vec![2]),
-            ]
-        })
-        .collect();
-    kvs.put(&t, &writes, 3).unwrap();
+    fill_1500_rows_of_two_cells(kvs, &t);
     for reverse in [false, true] {
         let request = RangeRequest {
             reverse,
