@@ -352,8 +352,8 @@ impl TransactionsTable {
     }
 
     /// Calls `f` with every decided transaction in start order: a whole-table scan that never
-    /// loads the table at once nor copies an entry out of the store. Fails on a malformed entry
-    /// or the first error of `f`.
+    /// loads the table at once (and on RocksDB copies no entry out of the store). Fails on a
+    /// malformed entry or the first error of `f`.
     pub fn scan(&self, mut f: impl FnMut(Timestamp, TxnStatus) -> KvsResult<()>) -> KvsResult<()> {
         let mut outcome = Ok(());
         self.kvs.scan_range(
