@@ -47,17 +47,28 @@ pub(crate) struct Scratch {
     column: Vec<u8>,
 }
 
-/// Takes a found cell's column name, version timestamp and contents, borrowed for the call.
-pub(crate) type Found<'f> = dyn FnMut(&[u8], Timestamp, &[u8]) -> ControlFlow<()> + 'f;
+/// Takes a found cell's row prefix (its key's, escaped), column name, version timestamp and
+/// contents, borrowed for the call.
+pub(crate) type Found<'f> = dyn FnMut(&[u8], &[u8], Timestamp, &[u8]) -> ControlFlow<()> + 'f;
 
-/// Reads the cells of one row, from the iterator's position up to `upper` (exclusive; `None`
-/// = the end of the row), handing `found` each column accepted by `select` with the timestamp
-/// and contents of its newest version `< ts`, in column order, borrowed for the call. Stops
-/// early when `found` breaks. Leaves the iterator after the last key read.
+/// The keys a walk over cells reads.
+pub(crate) enum Scope<'s> {
+    /// One row (its key prefix), up to `upper` (exclusive) when set.
+    Row {
+        prefix: &'s [u8],
+        upper: Option<&'s [u8]>,
+    },
+    /// Every key the iterator reaches (its bounds end the walk), row after row.
+    Forward,
+}
+
+/// Reads the cells in `scope` from the iterator's position, handing `found` each column
+/// accepted by `select` with the timestamp and contents of its newest version `< ts`, in key
+/// order, borrowed for the call. Stops early when `found` breaks. Leaves the iterator after
+/// the last key read.
 pub(crate) fn collect_cells(
     iter: &mut DBRawIterator<'_>,
-    row_prefix: &[u8],
-    upper: Option<&[u8]>,
+    scope: Scope<'_>,
     select: &dyn Fn(&[u8]) -> bool,
     ts: Timestamp,
     scratch: &mut Scratch,
@@ -67,8 +78,10 @@ pub(crate) fn collect_cells(
         cell_prefix,
         column,
     } = scratch;
-    // The cell read last (older versions of it are skipped) and the steps taken past it.
+    // The cell read last (older versions of it are skipped), the length of its row prefix,
+    // and the steps taken past it.
     cell_prefix.clear();
+    let mut row_end = 0;
     let mut skipped = 0;
     loop {
         let Some(key) = iter.key() else {
@@ -85,15 +98,26 @@ pub(crate) fn collect_cells(
             }
             continue;
         }
-        if !key.starts_with(row_prefix) || upper.is_some_and(|u| key >= u) {
-            return Ok(ControlFlow::Continue(()));
-        }
-        let layout = keys::layout_in_row(key, row_prefix.len())?;
+        let key_row_end = match scope {
+            Scope::Row { prefix, upper } => {
+                if !key.starts_with(prefix) || upper.is_some_and(|u| key >= u) {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                prefix.len()
+            }
+            // Still the row of the cell before, or the next one.
+            Scope::Forward if row_end > 0 && key.get(..row_end) == cell_prefix.get(..row_end) => {
+                row_end
+            }
+            Scope::Forward => keys::row_prefix_len(key)?,
+        };
+        let layout = keys::layout_in_row(key, key_row_end)?;
+        row_end = layout.row_end;
         cell_prefix.clear();
         cell_prefix.extend_from_slice(&key[..layout.cell_end]);
         skipped = 0;
-        let name = keys::name_in(&cell_prefix[layout.row_end..], column)
-            .ok_or_else(|| malformed(cell_prefix))?;
+        let (row_prefix, escaped_column) = cell_prefix.split_at(row_end);
+        let name = keys::name_in(escaped_column, column).ok_or_else(|| malformed(key))?;
         if !select(name) {
             // On this cell's newest version: step past it.
             iter.next();
@@ -104,7 +128,7 @@ pub(crate) fn collect_cells(
         if newest < ts {
             // The newest version is visible: read it where the iterator stands.
             let contents = iter.value().unwrap_or_default();
-            if found(name, newest, contents).is_break() {
+            if found(row_prefix, name, newest, contents).is_break() {
                 return Ok(ControlFlow::Break(()));
             }
             iter.next();
@@ -115,7 +139,7 @@ pub(crate) fn collect_cells(
         if let (Some(k), Some(v)) = (iter.key(), iter.value()) {
             if k.starts_with(cell_prefix) {
                 let version_ts = keys::ts_of(k, cell_prefix.len()).ok_or_else(|| malformed(k))?;
-                if found(name, version_ts, v).is_break() {
+                if found(row_prefix, name, version_ts, v).is_break() {
                     return Ok(ControlFlow::Break(()));
                 }
             }
@@ -136,12 +160,14 @@ pub(crate) fn collect_row(
     // `found` never stops the read.
     let _ = collect_cells(
         iter,
-        row_prefix,
-        None,
+        Scope::Row {
+            prefix: row_prefix,
+            upper: None,
+        },
         &|c| columns.contains(c),
         ts,
         scratch,
-        &mut |column, version_ts, contents| {
+        &mut |_, column, version_ts, contents| {
             cells.insert(column.to_vec(), Value::new(contents, version_ts));
             ControlFlow::Continue(())
         },
@@ -274,7 +300,8 @@ impl Iterator for RocksRangeIter<'_> {
 
 /// [`KeyValueService::scan_range`](ortelius_kvs::KeyValueService::scan_range) over one table:
 /// names are borrowed from the key (or unescaped into reused space) and contents from the
-/// iterator, so a row costs no allocation.
+/// iterator, so a row costs no allocation. Forward, the cells are read in one walk over the
+/// keys; in reverse, row by row.
 pub(crate) fn scan(
     db: &DB,
     table_id: u32,
@@ -283,30 +310,41 @@ pub(crate) fn scan(
     visit: &mut dyn FnMut(CellView<'_>) -> ControlFlow<()>,
 ) -> KvsResult<()> {
     let mut rows = Rows::new(db, table_id, request);
-    let mut row_name = Vec::new();
     let select = |c: &[u8]| request.columns.contains(c);
-    rows.find(|iter, row_prefix, scratch| {
-        let row =
-            keys::row_name_in(row_prefix, &mut row_name).ok_or_else(|| malformed(row_prefix))?;
-        let flow = collect_cells(
+    let mut row_name = Vec::new();
+    let mut malformed_row = None;
+    let mut found = |row_prefix: &[u8], column: &[u8], timestamp, contents: &[u8]| {
+        let Some(row) = keys::row_name_in(row_prefix, &mut row_name) else {
+            malformed_row = Some(malformed(row_prefix));
+            return ControlFlow::Break(());
+        };
+        visit(CellView {
+            row,
+            column,
+            timestamp,
+            contents,
+        })
+    };
+    if request.reverse {
+        rows.find(|iter, row_prefix, scratch| {
+            let scope = Scope::Row {
+                prefix: row_prefix,
+                upper: None,
+            };
+            Ok(collect_cells(iter, scope, &select, ts, scratch, &mut found)?.break_value())
+        })?;
+    } else if let Some(iter) = rows.iter.as_mut() {
+        iter.seek(&rows.lower);
+        let _ = collect_cells(
             iter,
-            row_prefix,
-            None,
+            Scope::Forward,
             &select,
             ts,
-            scratch,
-            &mut |column, timestamp, contents| {
-                visit(CellView {
-                    row,
-                    column,
-                    timestamp,
-                    contents,
-                })
-            },
+            &mut rows.scratch,
+            &mut found,
         )?;
-        Ok(flow.break_value())
-    })?;
-    Ok(())
+    }
+    malformed_row.map_or(Ok(()), Err)
 }
 
 /// Streams a column range of several rows, row by row in caller order.
@@ -353,12 +391,14 @@ impl<'a> ColumnRangeIter<'a> {
         // `found` never stops the read.
         let _ = collect_cells(
             &mut self.iter,
-            &row_prefix,
-            upper.as_deref(),
+            Scope::Row {
+                prefix: &row_prefix,
+                upper: upper.as_deref(),
+            },
             &|_| true,
             self.ts,
             &mut Scratch::default(),
-            &mut |column, version_ts, contents| {
+            &mut |_, column, version_ts, contents| {
                 cells.push((column.to_vec(), Value::new(contents, version_ts)));
                 ControlFlow::Continue(())
             },
