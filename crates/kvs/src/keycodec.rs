@@ -222,13 +222,6 @@ pub fn layout_in_row(key: &[u8], row_end: usize) -> KvsResult<Layout> {
     Ok(Layout { row_end, cell_end })
 }
 
-/// The column name of a key with this layout.
-pub fn column_of(key: &[u8], layout: Layout) -> Vec<u8> {
-    unescape(&key[layout.row_end..layout.cell_end])
-        .map(|(name, _)| name)
-        .unwrap_or_default()
-}
-
 /// The row name of a row prefix (`key[..row_end]` of a key in the row, or [`row_prefix`]).
 pub fn row_name(row_prefix: &[u8]) -> Vec<u8> {
     row_prefix
@@ -298,7 +291,6 @@ mod tests {
             prop_assert_eq!(l.cell_end, d.cell_prefix_len);
             prop_assert_eq!(row_name(&key[..l.row_end]), row.clone());
             prop_assert_eq!(row_name(&row_prefix(7, &row)), row.clone());
-            prop_assert_eq!(column_of(&key, l), col.clone());
             let mut scratch = vec![9; 3];
             prop_assert_eq!(name_in(&key[l.row_end..l.cell_end], &mut scratch), Some(col.as_slice()));
             prop_assert_eq!(row_name_in(&key[..l.row_end], &mut scratch), Some(row.as_slice()));
