@@ -4,13 +4,16 @@
 //! read of "the latest version below T" is one seek. `put_unless_exists` and `check_and_set` are
 //! atomic across all threads of the process through striped in-process locks (RocksDB's own
 //! `LOCK` file keeps other processes out). Writes through the atomic operations — the commit
-//! path of transactions — are synced by default; plain puts are not, because a later synced
-//! WAL write makes every earlier write durable with it (see [`Durability`]).
+//! path of transactions — are synced by default, in groups beside RocksDB's write queue, and no
+//! read answers with one before it is synced (see `wal_sync`); plain puts are not synced,
+//! because a later synced WAL write makes every earlier write durable with it (see
+//! [`Durability`]).
 
 mod catalog;
 mod iter_pool;
 mod range;
 pub mod snapshot;
+mod wal_sync;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -29,6 +32,7 @@ use rocksdb::{DBRawIterator, Options, WriteBatch, WriteOptions, DB};
 use crate::catalog::{Catalog, TableInfo, Tables};
 use crate::iter_pool::IterPool;
 use crate::range::{collect_row, ColumnRangeIter, RocksRangeIter, Scratch};
+use crate::wal_sync::WalSync;
 use ortelius_kvs::keycodec::{self as keys, DecodedKey};
 
 /// When writes reach the disk.
@@ -39,7 +43,8 @@ pub struct Durability {
     /// against power loss with the next synced write, because the WAL is sequential.
     pub sync_writes: bool,
     /// fsync the WAL on `put_unless_exists`, `check_and_set` and table creation/drop: the commit
-    /// point of a transaction and the timestamp bound. On by default.
+    /// point of a transaction and the timestamp bound. On by default. Concurrent atomic writes
+    /// share their syncs, and a read that finds one waits until it is synced.
     pub sync_atomic_writes: bool,
 }
 
@@ -93,13 +98,16 @@ pub struct RocksDbKvs {
     hasher: std::collections::hash_map::RandomState,
     plain_writes: WriteOptions,
     atomic_writes: WriteOptions,
+    /// Syncs `put_unless_exists` and `check_and_set` in groups, and holds back reads of what
+    /// they wrote until it is synced; `None` when atomic writes are not synced.
+    wal_sync: Option<WalSync>,
 }
 
 pub(crate) fn storage(e: rocksdb::Error) -> KvsError {
     KvsError::storage(e)
 }
 
-fn poisoned() -> KvsError {
+pub(crate) fn poisoned() -> KvsError {
     KvsError::Storage {
         detail: "an in-process lock of the RocksDB store was poisoned by a panic".to_owned(),
     }
@@ -146,6 +154,7 @@ impl RocksDbKvs {
             hasher: std::collections::hash_map::RandomState::new(),
             plain_writes,
             atomic_writes,
+            wal_sync: config.durability.sync_atomic_writes.then(WalSync::new),
         })
     }
 
@@ -235,6 +244,27 @@ impl RocksDbKvs {
         };
         self.iters.drop_idle();
         self.db.write_opt(batch, opts).map_err(storage)
+    }
+
+    /// Writes the batch of a `put_unless_exists` or `check_and_set` on the table `table_id`:
+    /// durable when it returns, as configured.
+    fn write_atomic(&self, table_id: u32, batch: WriteBatch) -> KvsResult<()> {
+        match &self.wal_sync {
+            Some(wal_sync) => {
+                self.iters.drop_idle();
+                wal_sync.write(&self.db, table_id, batch)
+            }
+            None => self.write(batch, true),
+        }
+    }
+
+    /// Called after reading the table `table_id` and before answering with what it found (a read
+    /// that found nothing needs no call): waits until every atomic write the read could have
+    /// seen is synced (see [`wal_sync`]).
+    fn settle(&self, table_id: u32) -> KvsResult<()> {
+        self.wal_sync
+            .as_ref()
+            .map_or(Ok(()), |w| w.settle_read(&self.db, table_id))
     }
 
     /// Adds the puts to `batch` after checking that no different value is stored at any
@@ -427,7 +457,7 @@ impl KeyValueService for RocksDbKvs {
             validate_read_ts(*ts)?;
         }
         let id = self.table_id(table)?;
-        self.iters.with_iter(|iter| {
+        let out = self.iters.with_iter(|iter| {
             let mut out = BTreeMap::new();
             for (cell, ts) in cells {
                 if let Some(v) = Self::latest_below(iter, id, cell, *ts)? {
@@ -435,7 +465,11 @@ impl KeyValueService for RocksDbKvs {
                 }
             }
             Ok(out)
-        })
+        })?;
+        if !out.is_empty() {
+            self.settle(id)?;
+        }
+        Ok(out)
     }
 
     fn get_rows(
@@ -447,7 +481,7 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<BTreeMap<Cell, Value>> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        self.iters.with_iter(|iter| {
+        let out = self.iters.with_iter(|iter| {
             let mut out = BTreeMap::new();
             let mut scratch = Scratch::default();
             for row in rows {
@@ -460,7 +494,11 @@ impl KeyValueService for RocksDbKvs {
                 }
             }
             Ok(out)
-        })
+        })?;
+        if !out.is_empty() {
+            self.settle(id)?;
+        }
+        Ok(out)
     }
 
     fn get_range<'a>(
@@ -471,7 +509,10 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<RowIter<'a>> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        Ok(Box::new(RocksRangeIter::new(&self.db, id, request, ts)))
+        // The iterator sees the store as of its creation.
+        let rows = RocksRangeIter::new(&self.db, id, request, ts);
+        self.settle(id)?;
+        Ok(Box::new(rows))
     }
 
     fn scan_range(
@@ -483,7 +524,7 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<()> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        range::scan(&self.db, id, request, ts, visit)
+        range::scan(&self.db, id, request, ts, || self.settle(id), visit)
     }
 
     fn get_rows_column_range<'a>(
@@ -495,13 +536,9 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<CellIter<'a>> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        Ok(Box::new(ColumnRangeIter::new(
-            self.iter(),
-            id,
-            rows.to_vec(),
-            columns.clone(),
-            ts,
-        )))
+        let cells = ColumnRangeIter::new(self.iter(), id, rows.to_vec(), columns.clone(), ts);
+        self.settle(id)?;
+        Ok(Box::new(cells))
     }
 
     fn get_latest_timestamps(
@@ -524,7 +561,7 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<BTreeMap<Cell, Vec<Timestamp>>> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        self.iters.with_iter(|iter| {
+        let out = self.iters.with_iter(|iter| {
             let mut out = BTreeMap::new();
             for cell in cells {
                 let prefix = keys::cell_prefix(id, cell.row(), cell.column());
@@ -540,7 +577,11 @@ impl KeyValueService for RocksDbKvs {
                 }
             }
             Ok(out)
-        })
+        })?;
+        if !out.is_empty() {
+            self.settle(id)?;
+        }
+        Ok(out)
     }
 
     fn get_candidate_cells_for_sweeping(
@@ -554,6 +595,7 @@ impl KeyValueService for RocksDbKvs {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(keys::table_end(id));
         let mut iter = self.db.raw_iterator_opt(opts);
+        self.settle(id)?;
         match &request.start {
             Some(c) => iter.seek(keys::cell_prefix(id, c.row(), c.column())),
             None => iter.seek(keys::table_start(id)),
@@ -667,12 +709,13 @@ impl KeyValueService for RocksDbKvs {
             batch.put(key, value);
         }
         if !existing.is_empty() {
+            self.settle(id)?;
             return Err(KvsError::KeyAlreadyExists {
                 table: table.clone(),
                 cells: existing,
             });
         }
-        self.write(batch, true)
+        self.write_atomic(id, batch)
     }
 
     fn check_and_set(&self, table: &TableRef, request: &CheckAndSetRequest) -> KvsResult<()> {
@@ -681,6 +724,7 @@ impl KeyValueService for RocksDbKvs {
         let key = keys::version_key(id, &request.cell, ATOMIC_TS);
         let actual = self.db.get(&key).map_err(storage)?;
         if actual != request.expected {
+            self.settle(id)?;
             return Err(KvsError::CheckAndSetFailed {
                 table: table.clone(),
                 cell: request.cell.clone(),
@@ -689,7 +733,7 @@ impl KeyValueService for RocksDbKvs {
         }
         let mut batch = WriteBatch::default();
         batch.put(key, &request.new_value);
-        self.write(batch, true)
+        self.write_atomic(id, batch)
     }
 
     fn delete(&self, table: &TableRef, versions: &[(Cell, Timestamp)]) -> KvsResult<()> {

@@ -301,15 +301,21 @@ impl Iterator for RocksRangeIter<'_> {
 /// [`KeyValueService::scan_range`](ortelius_kvs::KeyValueService::scan_range) over one table:
 /// names are borrowed from the key (or unescaped into reused space) and contents from the
 /// iterator, so a row costs no allocation. Forward, the cells are read in one walk over the
-/// keys; in reverse, row by row.
+/// keys; in reverse, row by row. `opened` runs before the first visit (after the scan's view
+/// of the store is fixed), and its error ends the scan.
 pub(crate) fn scan(
     db: &DB,
     table_id: u32,
     request: &RangeRequest,
     ts: Timestamp,
+    opened: impl FnOnce() -> KvsResult<()>,
     visit: &mut dyn FnMut(CellView<'_>) -> ControlFlow<()>,
 ) -> KvsResult<()> {
     let mut rows = Rows::new(db, table_id, request);
+    // The iterator sees the store as of its creation: the caller's check runs before the first
+    // visit (a scan that finds nothing needs none).
+    let mut opened = Some(opened);
+    let mut settled = Ok(());
     let select = |c: &[u8]| request.columns.contains(c);
     let mut row_name = Vec::new();
     let mut malformed_row = None;
@@ -318,6 +324,12 @@ pub(crate) fn scan(
             malformed_row = Some(malformed(row_prefix));
             return ControlFlow::Break(());
         };
+        if let Some(opened) = opened.take() {
+            settled = opened();
+            if settled.is_err() {
+                return ControlFlow::Break(());
+            }
+        }
         visit(CellView {
             row,
             column,
@@ -344,6 +356,7 @@ pub(crate) fn scan(
             &mut found,
         )?;
     }
+    settled?;
     malformed_row.map_or(Ok(()), Err)
 }
 

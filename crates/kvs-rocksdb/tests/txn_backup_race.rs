@@ -30,7 +30,7 @@ fn snapshot(
     (0..KEYS)
         .map(|k| {
             let v = ortelius_txn::suite::common::read_u64(txn, t, &cell(&format!("k{k}"), "v"))
-                .unwrap();
+                .unwrap_or_else(|e| panic!("reading k{k} at the backup timestamp: {e}"));
             (k, v)
         })
         .collect()
