@@ -37,6 +37,9 @@ struct SyncState {
     synced_through: u64,
     /// A caller is syncing now.
     syncing: bool,
+    /// Callers waiting for that sync (it wakes them only if there are any: a wake-up is a
+    /// system call).
+    waiting: usize,
     /// How many syncs were run (for tests: shows that callers share them).
     syncs: u64,
 }
@@ -102,7 +105,9 @@ impl WalSync {
                 return Ok(());
             }
             if state.syncing {
+                state.waiting += 1;
                 state = self.synced.wait(state).map_err(|_| poisoned())?;
+                state.waiting -= 1;
                 continue;
             }
             state.syncing = true;
@@ -124,7 +129,9 @@ impl WalSync {
             if result.is_ok() {
                 state.synced_through = state.synced_through.max(through);
             }
-            self.synced.notify_all();
+            if state.waiting > 0 {
+                self.synced.notify_all();
+            }
             result.map_err(storage)?;
         }
     }
@@ -219,8 +226,11 @@ mod tests {
         assert_eq!(found.len() as u64, threads * each);
     }
 
+    /// A read of a table at a timestamp: whether it found cell 1.
+    type Read = fn(&RocksDbKvs, &TableRef, Timestamp) -> bool;
+
     /// Every way of reading a table at a timestamp, each answering `true` once it has seen cell 1.
-    fn reads() -> Vec<(&'static str, fn(&RocksDbKvs, &TableRef, Timestamp) -> bool)> {
+    fn reads() -> Vec<(&'static str, Read)> {
         vec![
             ("get", |kvs, t, ts| {
                 !kvs.get(t, &[(cell(1), ts)]).unwrap().is_empty()

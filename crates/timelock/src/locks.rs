@@ -171,6 +171,9 @@ struct State {
     grants: HashMap<u64, Grant>,
     expiry: BTreeSet<(Instant, u64)>,
     immutable: BTreeMap<Timestamp, usize>,
+    /// Callers waiting for a release (a release wakes them only if there are any: a wake-up is
+    /// a system call).
+    waiting: usize,
 }
 
 impl State {
@@ -262,22 +265,33 @@ impl InProcessLockService {
     /// Reaps expired tokens and wakes waiters if that freed anything.
     fn reap(&self, state: &mut State) {
         if state.reap(self.clock.now()) {
+            self.wake(state);
+        }
+    }
+
+    /// Wakes the callers waiting for a release, if any.
+    fn wake(&self, state: &State) {
+        if state.waiting > 0 {
             self.released.notify_all();
         }
     }
 
     fn wait<'a>(
         &self,
-        guard: MutexGuard<'a, State>,
+        mut guard: MutexGuard<'a, State>,
         deadline: Instant,
     ) -> Result<MutexGuard<'a, State>, LockError> {
         let slice = deadline
             .saturating_duration_since(Instant::now())
             .min(WAIT_SLICE);
-        self.released
+        guard.waiting += 1;
+        let mut guard = self
+            .released
             .wait_timeout(guard, slice)
             .map(|(g, _)| g)
-            .map_err(|_| LockError::Poisoned)
+            .map_err(|_| LockError::Poisoned)?;
+        guard.waiting -= 1;
+        Ok(guard)
     }
 }
 
@@ -310,7 +324,7 @@ impl LockService for InProcessLockService {
                 }
                 if Instant::now() >= deadline {
                     state.release(id);
-                    self.released.notify_all();
+                    self.wake(&state);
                     return Err(LockError::Timeout {
                         descriptor: describe(&d),
                         waited: started.elapsed(),
@@ -355,7 +369,7 @@ impl LockService for InProcessLockService {
             .filter(|t| state.release(t.0))
             .collect();
         if !released.is_empty() {
-            self.released.notify_all();
+            self.wake(&state);
         }
         Ok(released)
     }
