@@ -4,13 +4,15 @@
 //! (RocksDB's `TransactionDB`) and `ortelius`; the groups with writes also have
 //! `raw_two_writes`, raw RocksDB writing what the protocol must write in the order it must
 //! (the data unsynced, then a synced commit record: two trips through the one write-ahead
-//! log), the floor for a transaction. `scripts/bench-ratios.py` prints baseline-time /
+//! log, the second holding RocksDB's write queue during its sync; Ortelius syncs its commit
+//! records beside the queue instead). `scripts/bench-ratios.py` prints baseline-time /
 //! ortelius-time for each baseline. RocksDB's transactions read at a snapshot taken when the
 //! transaction begins and commit with a synced write, as Ortelius does. All four stores are
 //! opened with the backend's own options and hold the same data.
 //!
 //! Durability parity: raw writes are synced (`sync = true`); a transaction writes its data
-//! unsynced and its commit record synced, which makes the data durable too (one WAL).
+//! unsynced and returns from its commit once the commit record is synced, which makes the data
+//! durable too (one WAL).
 //!
 //! Memory is measured by `txn_memory`, apart: its counting allocator updates shared counters on
 //! every allocation, which with 8 threads would slow whichever side allocates more.

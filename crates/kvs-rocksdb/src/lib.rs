@@ -287,6 +287,8 @@ impl RocksDbKvs {
             };
             if let Some(existing) = existing {
                 if existing.as_ref() != value {
+                    // At timestamp 0 the value may be an atomic write's.
+                    self.settle(table_id)?;
                     return Err(KvsError::ValueAlreadyWritten {
                         table: table.clone(),
                         cell: cell.clone(),

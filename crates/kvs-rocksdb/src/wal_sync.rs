@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use ortelius_kvs::KvsResult;
+use ortelius_kvs::{KvsError, KvsResult};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use crate::{poisoned, storage};
@@ -72,8 +72,9 @@ impl WalSync {
     }
 
     /// Writes `batch`, whose writes are all to the table `table_id`, and returns once it is
-    /// synced. If the sync fails the write stays counted as in flight, so the table's readers
-    /// keep requiring a sync before they answer.
+    /// synced. If the sync fails the write is in the store but not durable: the error is
+    /// `MaybeApplied`, and the write stays counted as in flight, so the table's readers keep
+    /// requiring a sync before they answer.
     pub(crate) fn write(&self, db: &DB, table_id: u32, batch: WriteBatch) -> KvsResult<()> {
         let slot = self.slot(table_id);
         // Counted before it can be seen: a reader that finds the counter at zero after its
@@ -83,7 +84,11 @@ impl WalSync {
             slot.fetch_sub(1, Ordering::SeqCst);
             return Err(storage(e));
         }
-        self.sync_through(db, db.latest_sequence_number())?;
+        self.sync_through(db, db.latest_sequence_number())
+            .map_err(|e| KvsError::MaybeApplied {
+                operation: "an atomic write",
+                detail: format!("it was written, but syncing the write-ahead log failed: {e}"),
+            })?;
         slot.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
