@@ -14,36 +14,17 @@
 
 mod common;
 
-use std::sync::Arc;
+use ortelius_kvs::{Cell, TableRef};
+use ortelius_txn::TransactionManager;
 
-use ortelius_kvs::{Cell, KeyValueService, TableRef};
-use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
-use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
-
-use common::{env, row as key};
+use common::{env, row as key, transactional};
 
 const KEYS: u64 = 100_000;
 
 fn main() {
     let reads = env("READS", 100_000).max(1);
     let dir = tempfile::tempdir().unwrap();
-    let kvs: Arc<dyn KeyValueService> =
-        Arc::new(RocksDbKvs::open(dir.path().join("store"), &RocksDbConfig::default()).unwrap());
-    let manager = TransactionManager::embedded(kvs, TransactionConfig::default()).unwrap();
-    let table = TableRef::new("bench", "t").unwrap();
-    manager
-        .create_table(&table, TableMetadata::default())
-        .unwrap();
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(5000) {
-        manager
-            .run(|txn| {
-                for &i in chunk {
-                    txn.put(&table, &Cell::new(key(i), "v").unwrap(), vec![7u8; 100])?;
-                }
-                Ok(())
-            })
-            .unwrap();
-    }
+    let (manager, table) = transactional(&dir.path().join("store"), KEYS);
     let started = std::time::Instant::now();
     for i in 0..reads {
         measured_read(&manager, &table, i);

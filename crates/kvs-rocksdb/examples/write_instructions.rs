@@ -16,35 +16,19 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use ortelius_kvs::{Cell, KeyValueService, TableRef};
-use ortelius_kvs_rocksdb::{rocksdb_options, RocksDbConfig, RocksDbKvs};
-use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
+use ortelius_kvs::{Cell, TableRef};
+use ortelius_kvs_rocksdb::rocksdb_options;
+use ortelius_txn::TransactionManager;
 use rocksdb::{WriteOptions, DB};
 
-use common::{env, row as key};
+use common::{env, row as key, transactional};
 
 fn main() {
     let (keys, writes) = (env("KEYS", 100_000), env("WRITES", 20_000).max(1));
     let dir = tempfile::tempdir().unwrap();
-    let kvs: Arc<dyn KeyValueService> =
-        Arc::new(RocksDbKvs::open(dir.path().join("store"), &RocksDbConfig::default()).unwrap());
-    let manager = TransactionManager::embedded(kvs, TransactionConfig::default()).unwrap();
-    let table = TableRef::new("bench", "t").unwrap();
-    manager
-        .create_table(&table, TableMetadata::default())
-        .unwrap();
+    let (manager, table) = transactional(&dir.path().join("store"), keys);
     let raw = DB::open(&rocksdb_options(), dir.path().join("raw")).unwrap();
     for chunk in (0..keys).collect::<Vec<_>>().chunks(5000) {
-        manager
-            .run(|txn| {
-                for &i in chunk {
-                    txn.put(&table, &Cell::new(key(i), "v").unwrap(), vec![7u8; 100])?;
-                }
-                Ok(())
-            })
-            .unwrap();
         let mut batch = rocksdb::WriteBatch::default();
         for &i in chunk {
             batch.put(key(i), [7u8; 100]);

@@ -1,7 +1,11 @@
 //! What the instruction-counting examples share.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use ortelius_kvs::{Cell, KeyValueService, TableRef};
-use ortelius_kvs_rocksdb::RocksDbKvs;
+use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
+use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
 
 /// Row `i`'s key, spread over the key space as the benches spread theirs.
 pub fn row(i: u64) -> [u8; 8] {
@@ -31,4 +35,28 @@ pub fn load(kvs: &RocksDbKvs, keys: u64) -> TableRef {
     }
     kvs.compact();
     table
+}
+
+/// A transaction manager on a new store in `dir` whose table `bench.t` holds rows `0..keys`
+/// (one 100-byte cell `v` each), written by transactions of 5000 cells.
+#[allow(dead_code)] // not every example uses transactions
+pub fn transactional(dir: &Path, keys: u64) -> (TransactionManager, TableRef) {
+    let kvs: Arc<dyn KeyValueService> =
+        Arc::new(RocksDbKvs::open(dir, &RocksDbConfig::default()).unwrap());
+    let manager = TransactionManager::embedded(kvs, TransactionConfig::default()).unwrap();
+    let table = TableRef::new("bench", "t").unwrap();
+    manager
+        .create_table(&table, TableMetadata::default())
+        .unwrap();
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(5000) {
+        manager
+            .run(|txn| {
+                for &i in chunk {
+                    txn.put(&table, &Cell::new(row(i), "v").unwrap(), vec![7u8; 100])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    (manager, table)
 }
