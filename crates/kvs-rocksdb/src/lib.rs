@@ -95,7 +95,7 @@ pub struct RocksDbKvs {
     /// Serialises catalogue changes (create/drop), which read-modify-write the next table id.
     catalog_lock: Mutex<()>,
     stripes: Vec<Mutex<()>>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
     plain_writes: WriteOptions,
     atomic_writes: WriteOptions,
     /// Syncs `put_unless_exists` and `check_and_set` in groups, and holds back reads of what
@@ -151,7 +151,7 @@ impl RocksDbKvs {
             tables: Catalog::new(tables),
             catalog_lock: Mutex::new(()),
             stripes: (0..ATOMIC_STRIPES).map(|_| Mutex::new(())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             plain_writes,
             atomic_writes,
             wal_sync: config.durability.sync_atomic_writes.then(WalSync::new),

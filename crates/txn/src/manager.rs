@@ -1,10 +1,10 @@
 //! The transaction manager: starts transactions, knows table settings, and runs closures with
 //! retries.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use ortelius_kvs::{KeyValueService, TableRef, Timestamp};
 use ortelius_timelock::{
     InProcessLockService, LockService, LockToken, PersistentTimestampService, StartError,
