@@ -32,25 +32,37 @@ use ortelius_timelock::{LockDescriptor, LockError, LockToken};
 use crate::error::{TxnError, TxnResult};
 use crate::metrics::Outcome;
 use crate::reader::{ReadMode, Reader};
-use crate::transaction::{lock, ReadSpec, Transaction, WriteBuffer};
+use crate::transaction::{lock, ReadSpec, Transaction};
 use crate::txn_table::TxnStatus;
 
+/// The buffered writes as the store takes them: per table with writes (in table order), its
+/// cells in cell order. Moved out of the transaction's buffer, not copied.
+pub(crate) type Batch = Vec<(TableRef, CellWrites)>;
+
 pub(crate) fn commit(txn: &Transaction) -> TxnResult<()> {
-    let writes = std::mem::take(&mut *lock(&txn.writes)?);
+    let writes: Batch = std::mem::take(&mut *lock(&txn.writes)?)
+        .into_iter()
+        .filter(|(_, cells)| !cells.is_empty())
+        .map(|(table, cells)| (table, cells.into_iter().collect()))
+        .collect();
     let started = std::time::Instant::now();
     let result = commit_writes(txn, &writes);
-    let written = writes
-        .iter()
-        .filter(|(_, cells)| !cells.is_empty())
-        .map(|(table, _)| table);
+    let written = writes.iter().map(|(table, _)| table);
     txn.inner
         .metrics
         .commit(written, &Outcome::of(&result), started.elapsed());
     result
 }
 
-fn commit_writes(txn: &Transaction, writes: &WriteBuffer) -> TxnResult<()> {
-    if writes.values().all(|cells| cells.is_empty()) {
+/// Whether `batch` writes `cell` of `table`.
+fn writes_cell(batch: &Batch, table: &TableRef, cell: &Cell) -> bool {
+    batch
+        .iter()
+        .any(|(t, cells)| t == table && cells.binary_search_by(|(c, _)| c.cmp(cell)).is_ok())
+}
+
+fn commit_writes(txn: &Transaction, writes: &Batch) -> TxnResult<()> {
+    if writes.is_empty() {
         // Nothing to write: a read-only commit is already consistent (also when serializable).
         return Ok(());
     }
@@ -77,19 +89,20 @@ fn commit_writes(txn: &Transaction, writes: &WriteBuffer) -> TxnResult<()> {
 }
 
 /// Step 1.
-pub(crate) fn acquire_commit_locks(
-    txn: &Transaction,
-    writes: &WriteBuffer,
-) -> TxnResult<LockToken> {
+pub(crate) fn acquire_commit_locks(txn: &Transaction, writes: &Batch) -> TxnResult<LockToken> {
     let mut descriptors = vec![txn.inner.txns.commit_lock(txn.start_ts)];
     for (table, cells) in writes {
         let handler = txn.inner.metadata(table)?.conflict_handler;
         if handler.locks_rows() {
-            let rows: BTreeSet<&[u8]> = cells.keys().map(Cell::row).collect();
+            let rows: BTreeSet<&[u8]> = cells.iter().map(|(cell, _)| cell.row()).collect();
             descriptors.extend(rows.into_iter().map(|row| LockDescriptor::row(table, row)));
         }
         if handler.locks_cells() {
-            descriptors.extend(cells.keys().map(|cell| LockDescriptor::cell(table, cell)));
+            descriptors.extend(
+                cells
+                    .iter()
+                    .map(|(cell, _)| LockDescriptor::cell(table, cell)),
+            );
         }
     }
     txn.inner
@@ -108,12 +121,11 @@ pub(crate) fn acquire_commit_locks(
 /// back.
 pub(crate) fn check_write_write_conflicts(
     txn: &Transaction,
-    writes: &WriteBuffer,
+    writes: &Batch,
     latest: Vec<std::collections::BTreeMap<Cell, Timestamp>>,
 ) -> TxnResult<()> {
     let txns = &txn.inner.txns;
-    let written = writes.iter().filter(|(_, cells)| !cells.is_empty());
-    for ((table, _), first_read) in written.zip(latest) {
+    for ((table, _), first_read) in writes.iter().zip(latest) {
         if !checks_write_write(txn, table)? {
             continue;
         }
@@ -203,26 +215,16 @@ pub(crate) fn check_locks_held(txn: &Transaction, commit_locks: LockToken) -> Tx
 /// before the write (read only for tables that check write-write conflicts).
 pub(crate) fn write_data(
     txn: &Transaction,
-    writes: &WriteBuffer,
+    writes: &Batch,
 ) -> TxnResult<Vec<std::collections::BTreeMap<Cell, Timestamp>>> {
-    let batch: Vec<(TableRef, CellWrites)> = writes
-        .iter()
-        .filter(|(_, cells)| !cells.is_empty())
-        .map(|(table, cells)| {
-            (
-                table.clone(),
-                cells.iter().map(|(c, v)| (c.clone(), v.clone())).collect(),
-            )
-        })
-        .collect();
-    let read_latest = batch
+    let read_latest = writes
         .iter()
         .map(|(table, _)| checks_write_write(txn, table))
         .collect::<TxnResult<Vec<bool>>>()?;
     Ok(txn
         .inner
         .kvs
-        .multi_put_reading_latest(&batch, &read_latest, txn.start_ts)?)
+        .multi_put_reading_latest(writes, &read_latest, txn.start_ts)?)
 }
 
 /// Step 5.
@@ -235,7 +237,7 @@ pub(crate) fn fetch_commit_ts(txn: &Transaction) -> TxnResult<Timestamp> {
 /// transaction wrote means another transaction committed a conflicting write in between.
 pub(crate) fn validate_reads(
     txn: &Transaction,
-    writes: &WriteBuffer,
+    writes: &Batch,
     commit_ts: Timestamp,
 ) -> TxnResult<()> {
     let reads = std::mem::take(&mut *lock(&txn.reads)?);
@@ -269,8 +271,7 @@ pub(crate) fn validate_reads(
                 all
             }
         };
-        let own = writes.get(table);
-        let written = |cell: &Cell| own.is_some_and(|w| w.contains_key(cell));
+        let written = |cell: &Cell| writes_cell(writes, table, cell);
         let now: std::collections::BTreeMap<&Cell, &Vec<u8>> = now
             .iter()
             .filter(|(c, v)| !v.is_empty() && !written(c))
