@@ -35,20 +35,22 @@ struct Slot(AtomicUsize);
 struct SyncState {
     /// Every write with a sequence number up to this is synced.
     synced_through: u64,
-    /// A caller is syncing now.
-    syncing: bool,
-    /// Callers waiting for that sync (it wakes them only if there are any: a wake-up is a
-    /// system call).
-    waiting: usize,
-    /// How many syncs were run (for tests: shows that callers share them).
+    /// While a caller syncs: the sequence number its sync covers.
+    syncing: Option<u64>,
+    /// How many syncs were run. The running one, if any, is sync number `syncs`.
     syncs: u64,
+    /// Callers waiting, by the parity of the sync they wait for: the running one if it covers
+    /// them, else the one after it. (A wake-up is a system call: only callers that exist are
+    /// woken, and only those a sync is for.)
+    waiting: [usize; 2],
 }
 
 /// See the module documentation.
 pub(crate) struct WalSync {
     in_flight: [Slot; SLOTS],
     state: Mutex<SyncState>,
-    synced: Condvar,
+    /// Signalled when a sync of that parity ends (see `SyncState::waiting`).
+    synced: [Condvar; 2],
     unsynced: WriteOptions,
     /// Held by each sync while it runs; tests hold it to keep a write unsynced.
     #[cfg(test)]
@@ -60,7 +62,7 @@ impl WalSync {
         Self {
             in_flight: Default::default(),
             state: Mutex::new(SyncState::default()),
-            synced: Condvar::new(),
+            synced: [Condvar::new(), Condvar::new()],
             unsynced: WriteOptions::default(),
             #[cfg(test)]
             gate: Mutex::new(()),
@@ -103,23 +105,30 @@ impl WalSync {
     }
 
     /// Returns once every write up to sequence number `target` is synced.
+    ///
+    /// Callers that arrive during a sync that does not cover them wait for the next one, and
+    /// only one of them is woken when the running sync ends, to run it: the others sleep on
+    /// until it has covered them, rather than all waking to find themselves not covered.
     fn sync_through(&self, db: &DB, target: u64) -> KvsResult<()> {
         let mut state = self.state.lock().map_err(|_| poisoned())?;
         loop {
             if state.synced_through >= target {
                 return Ok(());
             }
-            if state.syncing {
-                state.waiting += 1;
-                state = self.synced.wait(state).map_err(|_| poisoned())?;
-                state.waiting -= 1;
+            if let Some(covered) = state.syncing {
+                let awaited = state.syncs.wrapping_add(u64::from(target > covered));
+                let parity = (awaited % 2) as usize;
+                state.waiting[parity] += 1;
+                state = self.synced[parity].wait(state).map_err(|_| poisoned())?;
+                state.waiting[parity] -= 1;
                 continue;
             }
-            state.syncing = true;
-            drop(state);
             // A write's sequence number is published after its WAL record is written to the
             // file, so this sync covers every write up to `through`.
             let through = db.latest_sequence_number();
+            state.syncing = Some(through);
+            let parity = (state.syncs % 2) as usize;
+            drop(state);
             let result = {
                 #[cfg(test)]
                 let _gate = self
@@ -129,13 +138,18 @@ impl WalSync {
                 db.flush_wal(true)
             };
             state = self.state.lock().map_err(|_| poisoned())?;
-            state.syncing = false;
+            state.syncing = None;
             state.syncs = state.syncs.saturating_add(1);
             if result.is_ok() {
                 state.synced_through = state.synced_through.max(through);
             }
-            if state.waiting > 0 {
-                self.synced.notify_all();
+            // Everyone who waited for this sync is covered (or, if it failed, tries again);
+            // of those waiting for the next one, one runs it.
+            if state.waiting[parity] > 0 {
+                self.synced[parity].notify_all();
+            }
+            if state.waiting[1 - parity] > 0 {
+                self.synced[1 - parity].notify_one();
             }
             result.map_err(storage)?;
         }
