@@ -156,19 +156,19 @@ impl Transaction {
         Ok(handler.checks_read_write() || (self.serializable && handler.checks_write_write()))
     }
 
-    /// Records a read for validation at commit, if this table's reads need it (`spec` is only
-    /// built then).
+    /// Records a read for validation at commit, if this table's reads need it (`spec` and
+    /// `seen`, what it found, are only built then).
     fn record(
         &self,
         table: &TableRef,
         spec: impl FnOnce() -> ReadSpec,
-        seen: &BTreeMap<Cell, Vec<u8>>,
+        seen: impl FnOnce() -> BTreeMap<Cell, Vec<u8>>,
     ) -> TxnResult<()> {
         if self.records_reads(table)? {
             lock(&self.reads)?.push(ReadRecord {
                 table: table.clone(),
                 spec: spec(),
-                seen: seen.clone(),
+                seen: seen(),
             });
         }
         Ok(())
@@ -214,7 +214,11 @@ impl Transaction {
             }
         };
         let seen = non_empty(self.reader().get_cells(table, &from_store)?);
-        self.record(table, || ReadSpec::Cells(from_store.into_owned()), &seen)?;
+        self.record(
+            table,
+            || ReadSpec::Cells(from_store.into_owned()),
+            || seen.clone(),
+        )?;
         let mut out = seen;
         for (cell, value) in local {
             if !value.is_empty() {
@@ -224,9 +228,27 @@ impl Transaction {
         Ok(out)
     }
 
-    /// The current value of one cell.
+    /// The current value of one cell: [`get`](Self::get) of one cell, without its maps.
     pub fn get_one(&self, table: &TableRef, cell: &Cell) -> TxnResult<Option<Vec<u8>>> {
-        Ok(self.get(table, std::slice::from_ref(cell))?.remove(cell))
+        self.ensure_open()?;
+        self.check_table(table)?;
+        if let Some(value) = lock(&self.writes)?.get(table).and_then(|w| w.get(cell)) {
+            return Ok((!value.is_empty()).then(|| value.clone()));
+        }
+        let cells = std::slice::from_ref(cell);
+        let found = self
+            .reader()
+            .get_cells(table, cells)?
+            .into_values()
+            .next()
+            .filter(|value| !value.is_empty())
+            .map(|value| value.contents);
+        self.record(
+            table,
+            || ReadSpec::Cells(cells.to_vec()),
+            || found.iter().map(|v| (cell.clone(), v.clone())).collect(),
+        )?;
+        Ok(found)
     }
 
     /// Every selected cell of each row.
@@ -242,7 +264,7 @@ impl Transaction {
         self.record(
             table,
             || ReadSpec::Rows(rows.to_vec(), columns.clone()),
-            &seen,
+            || seen.clone(),
         )?;
         let mut out = seen;
         let wanted =
@@ -270,7 +292,7 @@ impl Transaction {
         self.record(
             table,
             || ReadSpec::ColumnRange(row.to_vec(), columns.clone()),
-            &seen,
+            || seen.clone(),
         )?;
         let mut out = seen;
         let wanted = |cell: &Cell| cell.row() == row && columns.contains(cell.column());
