@@ -222,13 +222,16 @@ impl RocksDbKvs {
     }
 
     /// Locks the stripes of `cells` in ascending order (no deadlock between callers).
+    /// The lock stripe of `cell`.
+    fn stripe(&self, cell: &Cell) -> usize {
+        (self.hasher.hash_one(cell) % ATOMIC_STRIPES as u64) as usize
+    }
+
     fn lock_cells<'a>(
         &self,
         cells: impl Iterator<Item = &'a Cell>,
     ) -> KvsResult<Vec<MutexGuard<'_, ()>>> {
-        let mut idx: Vec<usize> = cells
-            .map(|c| (self.hasher.hash_one(c) % ATOMIC_STRIPES as u64) as usize)
-            .collect();
+        let mut idx: Vec<usize> = cells.map(|c| self.stripe(c)).collect();
         idx.sort_unstable();
         idx.dedup();
         idx.into_iter()

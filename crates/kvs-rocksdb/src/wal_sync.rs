@@ -43,6 +43,20 @@ struct SyncState {
     /// them, else the one after it. (A wake-up is a system call: only callers that exist are
     /// woken, and only those a sync is for.)
     waiting: [usize; 2],
+    /// Callers that woke and had to wait again (for tests: a finished sync should wake only
+    /// those it covered and one to run the next).
+    rewaits: u64,
+}
+
+/// What the tests look at (see [`SyncState`]).
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Progress {
+    pub synced_through: u64,
+    pub syncs: u64,
+    pub syncing: bool,
+    pub waiting: usize,
+    pub rewaits: u64,
 }
 
 /// See the module documentation.
@@ -111,16 +125,21 @@ impl WalSync {
     /// until it has covered them, rather than all waking to find themselves not covered.
     fn sync_through(&self, db: &DB, target: u64) -> KvsResult<()> {
         let mut state = self.state.lock().map_err(|_| poisoned())?;
+        let mut woken = false;
         loop {
             if state.synced_through >= target {
                 return Ok(());
             }
             if let Some(covered) = state.syncing {
+                if woken {
+                    state.rewaits = state.rewaits.saturating_add(1);
+                }
                 let awaited = state.syncs.wrapping_add(u64::from(target > covered));
                 let parity = (awaited % 2) as usize;
                 state.waiting[parity] += 1;
                 state = self.synced[parity].wait(state).map_err(|_| poisoned())?;
                 state.waiting[parity] -= 1;
+                woken = true;
                 continue;
             }
             // A write's sequence number is published after its WAL record is written to the
@@ -158,10 +177,23 @@ impl WalSync {
     /// Sequence number up to which every write is synced, and how many syncs were run.
     #[cfg(test)]
     pub(crate) fn synced(&self) -> (u64, u64) {
-        self.state
+        let p = self.progress();
+        (p.synced_through, p.syncs)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn progress(&self) -> Progress {
+        let s = self
+            .state
             .lock()
-            .map(|s| (s.synced_through, s.syncs))
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Progress {
+            synced_through: s.synced_through,
+            syncs: s.syncs,
+            syncing: s.syncing.is_some(),
+            waiting: s.waiting.iter().sum(),
+            rewaits: s.rewaits,
+        }
     }
 }
 
@@ -243,6 +275,59 @@ mod tests {
         let all = (0..threads * each).map(|i| (cell(i), ATOMIC_TS + 1));
         let found = kvs.get(&table, &all.collect::<Vec<_>>()).unwrap();
         assert_eq!(found.len() as u64, threads * each);
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_finished_sync_wakes_one_caller_to_run_the_next_and_no_other() {
+        let (_dir, kvs) = open();
+        let table = TableRef::new("t", "commits").unwrap();
+        kvs.create_table(&table, b"").unwrap();
+        let sync = wal_sync(&kvs);
+        // Cells on five different lock stripes: a writer holds its cell's stripe while it syncs.
+        let mut stripes = std::collections::HashSet::new();
+        let cells: Vec<u64> = (0..)
+            .filter(|i| stripes.insert(kvs.stripe(&cell(*i))))
+            .take(5)
+            .collect();
+        let gate = sync.gate.lock().unwrap();
+        std::thread::scope(|s| {
+            let (kvs, table) = (&kvs, &table);
+            let put = move |i: u64| kvs.put_unless_exists(table, &[(cell(i), b"v".to_vec())]);
+            let first_cell = cells[0];
+            let first = s.spawn(move || put(first_cell));
+            wait_until("the first write syncs", || sync.progress().syncing);
+            // Written while that sync runs: it does not cover them.
+            let later: Vec<_> = cells[1..]
+                .iter()
+                .map(|&i| s.spawn(move || put(i)))
+                .collect();
+            wait_until("the later writes wait", || sync.progress().waiting == 4);
+            drop(gate);
+            first.join().unwrap().unwrap();
+            for writer in later {
+                writer.join().unwrap().unwrap();
+            }
+        });
+        let progress = sync.progress();
+        assert_eq!(
+            progress.syncs, 2,
+            "the later writes share one sync: {progress:?}"
+        );
+        assert_eq!(
+            progress.rewaits, 0,
+            "a caller was woken by a sync that did not cover it, only to wait again: {progress:?}"
+        );
     }
 
     /// A read of a table at a timestamp: whether it found cell 1.
