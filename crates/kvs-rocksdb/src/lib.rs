@@ -304,34 +304,57 @@ impl RocksDbKvs {
         Ok(())
     }
 
-    /// The latest version `< ts` of one cell, using `iter`.
-    fn latest_below(
-        iter: &mut DBRawIterator<'_>,
-        table_id: u32,
-        cell: &Cell,
-        ts: Timestamp,
-    ) -> KvsResult<Option<Value>> {
-        // One buffer: the seek key, whose first bytes are the cell's prefix.
-        let key = keys::version_key(table_id, cell, ts - 1);
-        iter.seek(&key);
-        read_version(iter, &key[..key.len().saturating_sub(keys::TS_LEN)])
+    /// For each requested cell, `read` of its newest version below the requested timestamp
+    /// (cells without one are left out), from a pooled iterator; settled as every read is.
+    fn newest_versions<T>(
+        &self,
+        table: &TableRef,
+        cells: &[(Cell, Timestamp)],
+        read: fn(&DBRawIterator<'_>, &[u8]) -> KvsResult<Option<T>>,
+    ) -> KvsResult<BTreeMap<Cell, T>> {
+        for (_, ts) in cells {
+            validate_read_ts(*ts)?;
+        }
+        let id = self.table_id(table)?;
+        let out = self.iters.with_iter(|iter| {
+            let mut out = BTreeMap::new();
+            for (cell, ts) in cells {
+                // One buffer: the seek key, whose first bytes are the cell's prefix.
+                let key = keys::version_key(id, cell, ts - 1);
+                iter.seek(&key);
+                if let Some(v) = read(iter, &key[..key.len().saturating_sub(keys::TS_LEN)])? {
+                    out.insert(cell.clone(), v);
+                }
+            }
+            Ok(out)
+        })?;
+        if !out.is_empty() {
+            self.settle(id)?;
+        }
+        Ok(out)
     }
 }
 
-/// The version under the iterator if it belongs to the cell of `prefix`.
-fn read_version(iter: &DBRawIterator<'_>, prefix: &[u8]) -> KvsResult<Option<Value>> {
-    match (iter.key(), iter.value()) {
-        (Some(k), Some(v)) if k.starts_with(prefix) => {
-            let ts = keys::ts_of(k, prefix.len()).ok_or_else(|| KvsError::Corruption {
-                detail: format!("malformed version key {}", k.escape_ascii()),
-            })?;
-            Ok(Some(Value::new(v, ts)))
+/// The timestamp of the version under the iterator if it belongs to the cell of `prefix`.
+fn version_ts(iter: &DBRawIterator<'_>, prefix: &[u8]) -> KvsResult<Option<Timestamp>> {
+    match iter.key() {
+        Some(k) if k.starts_with(prefix) => {
+            keys::ts_of(k, prefix.len())
+                .map(Some)
+                .ok_or_else(|| KvsError::Corruption {
+                    detail: format!("malformed version key {}", k.escape_ascii()),
+                })
         }
         _ => {
             iter.status().map_err(storage)?;
             Ok(None)
         }
     }
+}
+
+/// The version under the iterator if it belongs to the cell of `prefix`.
+fn read_version(iter: &DBRawIterator<'_>, prefix: &[u8]) -> KvsResult<Option<Value>> {
+    Ok(version_ts(iter, prefix)?.map(|ts| Value::new(iter.value().unwrap_or_default(), ts)))
 }
 
 fn load_catalog(db: &DB) -> KvsResult<Tables> {
@@ -458,23 +481,7 @@ impl KeyValueService for RocksDbKvs {
         table: &TableRef,
         cells: &[(Cell, Timestamp)],
     ) -> KvsResult<BTreeMap<Cell, Value>> {
-        for (_, ts) in cells {
-            validate_read_ts(*ts)?;
-        }
-        let id = self.table_id(table)?;
-        let out = self.iters.with_iter(|iter| {
-            let mut out = BTreeMap::new();
-            for (cell, ts) in cells {
-                if let Some(v) = Self::latest_below(iter, id, cell, *ts)? {
-                    out.insert(cell.clone(), v);
-                }
-            }
-            Ok(out)
-        })?;
-        if !out.is_empty() {
-            self.settle(id)?;
-        }
-        Ok(out)
+        self.newest_versions(table, cells, read_version)
     }
 
     fn get_rows(
@@ -551,11 +558,8 @@ impl KeyValueService for RocksDbKvs {
         table: &TableRef,
         cells: &[(Cell, Timestamp)],
     ) -> KvsResult<BTreeMap<Cell, Timestamp>> {
-        Ok(self
-            .get(table, cells)?
-            .into_iter()
-            .map(|(c, v)| (c, v.timestamp))
-            .collect())
+        // Only the key is read: the value is not copied out.
+        self.newest_versions(table, cells, version_ts)
     }
 
     fn get_all_timestamps(
@@ -572,8 +576,8 @@ impl KeyValueService for RocksDbKvs {
                 let prefix = keys::cell_prefix(id, cell.row(), cell.column());
                 iter.seek(keys::with_ts(&prefix, ts - 1));
                 let mut all = Vec::new();
-                while let Some(v) = read_version(iter, &prefix)? {
-                    all.push(v.timestamp);
+                while let Some(version) = version_ts(iter, &prefix)? {
+                    all.push(version);
                     iter.next();
                 }
                 if !all.is_empty() {
@@ -785,11 +789,11 @@ impl KeyValueService for RocksDbKvs {
                 // a range tombstone per cell) keep later reads fast without waiting for
                 // compaction.
                 iter.seek(keys::with_ts(&prefix, max));
-                while let Some(v) = read_version(iter, &prefix)? {
-                    if v.timestamp < min {
+                while let Some(version) = version_ts(iter, &prefix)? {
+                    if version < min {
                         break;
                     }
-                    batch.delete(keys::with_ts(&prefix, v.timestamp));
+                    batch.delete(keys::with_ts(&prefix, version));
                     iter.next();
                 }
             }
