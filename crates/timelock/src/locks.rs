@@ -8,11 +8,10 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
-
-use foldhash::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
 use ortelius_kvs::{Cell, TableRef, Timestamp};
 
 use crate::clock::{Clock, SystemClock};
