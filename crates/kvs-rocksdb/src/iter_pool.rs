@@ -4,7 +4,9 @@
 //! iterator over the memtables and every level, in a fresh arena. A pooled iterator is instead
 //! *refreshed* before each use, which moves it to the latest sequence number (rebuilding it only
 //! when a flush or compaction has changed the set of files). A refreshed iterator sees exactly
-//! what a new one would, so reads keep their meaning.
+//! what a new one would, so reads keep their meaning. An iterator last refreshed at the
+//! sequence number that is still the latest (nothing was written since) already shows the
+//! latest state, and is used without a refresh.
 //!
 //! An idle pooled iterator pins the memtables and files that were current when it was last
 //! refreshed, so files made obsolete by a compaction stay on disk while it idles. Each write
@@ -34,7 +36,14 @@ const MAX_POOLED: usize = 4;
 /// A pooled iterator unused for this long is dropped by the next write.
 const MAX_IDLE: Duration = Duration::from_secs(1);
 
-type Shard = Mutex<Vec<(OwnedIter, Instant)>>;
+/// A pooled iterator: the sequence number whose state it shows, and when it was last used.
+struct Pooled {
+    iter: OwnedIter,
+    sequence: u64,
+    used: Instant,
+}
+
+type Shard = Mutex<Vec<Pooled>>;
 
 pub(crate) struct IterPool {
     db: Arc<DB>,
@@ -66,9 +75,18 @@ impl IterPool {
     ) -> KvsResult<T> {
         let shard = &self.shards[shard_of_thread()];
         let pooled = shard.lock().ok().and_then(|mut idle| idle.pop());
+        // Read before the refresh: the iterator then shows at least this state, and exactly
+        // this state if it is still the latest next time (no write can be seen unpublished).
+        let sequence = self.db.latest_sequence_number();
         let mut iter = match pooled {
-            Some((mut iter, _)) => match iter.with_dependent_mut(|_, it| it.refresh()) {
-                Ok(()) => iter,
+            Some(pooled)
+                if pooled.sequence == sequence
+                    && pooled.iter.borrow_dependent().status().is_ok() =>
+            {
+                pooled.iter
+            }
+            Some(mut pooled) => match pooled.iter.with_dependent_mut(|_, it| it.refresh()) {
+                Ok(()) => pooled.iter,
                 Err(_) => self.fresh(),
             },
             None => self.fresh(),
@@ -76,7 +94,11 @@ impl IterPool {
         let out = iter.with_dependent_mut(|_, it| read(it))?;
         if let Ok(mut idle) = shard.lock() {
             if idle.len() < MAX_POOLED {
-                idle.push((iter, Instant::now()));
+                idle.push(Pooled {
+                    iter,
+                    sequence,
+                    used: Instant::now(),
+                });
             }
         }
         Ok(out)
@@ -91,11 +113,8 @@ impl IterPool {
     pub(crate) fn drop_idle(&self) {
         let shard = self.next_to_prune.fetch_add(1, Ordering::Relaxed) % SHARDS;
         if let Ok(mut idle) = self.shards[shard].try_lock() {
-            if idle
-                .first()
-                .is_some_and(|(_, used)| used.elapsed() > MAX_IDLE)
-            {
-                idle.retain(|(_, used)| used.elapsed() <= MAX_IDLE);
+            if idle.first().is_some_and(|p| p.used.elapsed() > MAX_IDLE) {
+                idle.retain(|p| p.used.elapsed() <= MAX_IDLE);
             }
         }
     }
@@ -117,6 +136,28 @@ mod tests {
 
     fn pooled(pool: &IterPool) -> usize {
         pool.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+    }
+
+    #[test]
+    fn a_pooled_iterator_sees_the_writes_made_since_it_was_last_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(DB::open_default(dir.path()).unwrap());
+        let pool = IterPool::new(db.clone());
+        let first_key = || {
+            pool.with_iter(|it| {
+                it.seek_to_first();
+                Ok(it.key().map(<[u8]>::to_vec))
+            })
+            .unwrap()
+        };
+        assert_eq!(first_key(), None);
+        // Nothing written since: the pooled iterator is used as it is.
+        assert_eq!(first_key(), None);
+        assert_eq!(pooled(&pool), 1);
+        db.put(b"k", b"v").unwrap();
+        assert_eq!(first_key(), Some(b"k".to_vec()));
+        db.put(b"a", b"v").unwrap();
+        assert_eq!(first_key(), Some(b"a".to_vec()));
     }
 
     #[test]
