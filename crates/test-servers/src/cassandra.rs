@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use crate::on_exit;
+use crate::{disk_space, on_exit};
 
 /// The cluster script of this repository, found from the directory of the package whose test
 /// or bench is running (cargo sets `CARGO_MANIFEST_DIR` for them; every package is at
@@ -63,7 +63,10 @@ impl CassandraCluster {
             script().display()
         ));
         let n = nodes.to_string();
-        check("start", &run(&["start", "--dir", &d, "--nodes", &n]));
+        let started = run(&["start", "--dir", &d, "--nodes", &n]);
+        if !started.status.success() {
+            check(&format!("start ({})", disk_space(dir.path())), &started);
+        }
         CassandraCluster { dir, nodes }
     }
 
@@ -127,10 +130,13 @@ impl CassandraCluster {
     /// Starts node `i` again and waits for it.
     pub fn start_node(&self, i: usize) {
         let (node, dir) = (i.to_string(), self.dir());
-        check(
-            "start-node",
-            &run(&["start-node", "--dir", &dir, "--node", &node]),
-        );
+        let started = run(&["start-node", "--dir", &dir, "--node", &node]);
+        if !started.status.success() {
+            check(
+                &format!("start-node ({})", disk_space(self.dir.path())),
+                &started,
+            );
+        }
     }
 
     /// Stops every node (total loss, when followed by dropping the cluster).

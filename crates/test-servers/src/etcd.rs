@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, on_exit};
+use crate::{disk_space, free_port, on_exit};
 
 struct Member {
     name: String,
@@ -376,7 +376,10 @@ impl EtcdCluster {
                         )
                     })
                     .collect();
-                panic!("etcd members {members:?} are not healthy after {within:?}:\n{logs}");
+                panic!(
+                    "etcd members {members:?} are not healthy after {within:?} ({}):\n{logs}",
+                    disk_space(self.dir.path())
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }

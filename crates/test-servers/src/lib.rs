@@ -19,6 +19,7 @@ pub use postgres::Postgres;
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
@@ -82,6 +83,37 @@ pub fn on_exit(cleanup: &str) {
         .expect("cannot start the cleanup watchdog (setsid sh)");
 }
 
+/// The free space of the filesystem holding `path`, for the message of a server that did not
+/// start: a full disk (servers' data, WAL preallocation) then shows as the cause at once.
+pub fn disk_space(path: &Path) -> String {
+    let report = Command::new("df")
+        .args(["-h", "--output=avail,size,target"])
+        .arg(path)
+        .output();
+    match report {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text.lines().nth(1).unwrap_or_default();
+            let mut fields = line.split_whitespace();
+            match (fields.next(), fields.next(), fields.next()) {
+                (Some(avail), Some(size), Some(mount)) => {
+                    format!(
+                        "{avail} free of {size} on {mount}, where {} is",
+                        path.display()
+                    )
+                }
+                _ => format!("df printed {text:?} for {}", path.display()),
+            }
+        }
+        Ok(out) => format!(
+            "df failed for {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("cannot run df: {e}"),
+    }
+}
+
 /// Whether this process runs as root (servers that refuse root then run as another user).
 pub fn is_root() -> bool {
     Command::new("id")
@@ -116,6 +148,19 @@ pub struct TimeLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_space_names_the_free_space_and_the_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = disk_space(dir.path());
+        assert!(report.contains(" free of "), "{report}");
+        assert!(
+            report.ends_with(&format!("where {} is", dir.path().display())),
+            "{report}"
+        );
+        let missing = disk_space(&dir.path().join("missing"));
+        assert!(missing.starts_with("df failed for "), "{missing}");
+    }
 
     #[test]
     fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, is_root, on_exit};
+use crate::{disk_space, free_port, is_root, on_exit};
 
 pub const USER: &str = "ortelius";
 pub const PASSWORD: &str = "test-secret";
@@ -176,8 +176,9 @@ impl Postgres {
         }
         if !out.status.success() {
             panic!(
-                "PostgreSQL did not start on port {}: {}\n{}\nserver log:\n{}",
+                "PostgreSQL did not start on port {} ({}): {}\n{}\nserver log:\n{}",
                 self.port,
+                disk_space(self.dir.path()),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
                 self.log()
