@@ -270,6 +270,20 @@ impl RocksDbKvs {
             .map_or(Ok(()), |w| w.settle_read(&self.db, table_id))
     }
 
+    /// Reads the table `table_id` with a pooled iterator and answers what `read` found once it
+    /// is settled (see [`Self::settle`]).
+    fn read_settled<K, V>(
+        &self,
+        table_id: u32,
+        read: impl FnOnce(&mut DBRawIterator<'_>) -> KvsResult<BTreeMap<K, V>>,
+    ) -> KvsResult<BTreeMap<K, V>> {
+        let found = self.iters.with_iter(read)?;
+        if !found.is_empty() {
+            self.settle(table_id)?;
+        }
+        Ok(found)
+    }
+
     /// Adds the puts to `batch` after checking that no different value is stored at any
     /// `(cell, ts)`: identical rewrites pass, a different value fails the whole call.
     fn add_puts<'a>(
@@ -316,7 +330,7 @@ impl RocksDbKvs {
             validate_read_ts(*ts)?;
         }
         let id = self.table_id(table)?;
-        let out = self.iters.with_iter(|iter| {
+        self.read_settled(id, |iter| {
             let mut out = BTreeMap::new();
             for (cell, ts) in cells {
                 // One buffer: the seek key, whose first bytes are the cell's prefix.
@@ -327,11 +341,7 @@ impl RocksDbKvs {
                 }
             }
             Ok(out)
-        })?;
-        if !out.is_empty() {
-            self.settle(id)?;
-        }
-        Ok(out)
+        })
     }
 }
 
@@ -493,7 +503,7 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<BTreeMap<Cell, Value>> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        let out = self.iters.with_iter(|iter| {
+        self.read_settled(id, |iter| {
             let mut out = BTreeMap::new();
             let mut scratch = Scratch::default();
             for row in rows {
@@ -506,11 +516,7 @@ impl KeyValueService for RocksDbKvs {
                 }
             }
             Ok(out)
-        })?;
-        if !out.is_empty() {
-            self.settle(id)?;
-        }
-        Ok(out)
+        })
     }
 
     fn get_range<'a>(
@@ -570,7 +576,7 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<BTreeMap<Cell, Vec<Timestamp>>> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        let out = self.iters.with_iter(|iter| {
+        self.read_settled(id, |iter| {
             let mut out = BTreeMap::new();
             for cell in cells {
                 let prefix = keys::cell_prefix(id, cell.row(), cell.column());
@@ -586,11 +592,7 @@ impl KeyValueService for RocksDbKvs {
                 }
             }
             Ok(out)
-        })?;
-        if !out.is_empty() {
-            self.settle(id)?;
-        }
-        Ok(out)
+        })
     }
 
     fn get_candidate_cells_for_sweeping(
