@@ -18,6 +18,9 @@
 //! the flavours of each group take turns, round after round, and the ratios are per round (see
 //! [`interleaved`]); criterion measures one flavour for seconds before the next.
 //!
+//! The stores hold their rows in memtables, as loaded; with `FLUSHED` set, in SST files (as
+//! most of a long-lived store is).
+//!
 //! Memory is measured by `txn_memory`, apart: its counting allocator updates shared counters on
 //! every allocation, which with 8 threads would slow whichever side allocates more.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -63,8 +66,9 @@ fn stores() -> Stores {
         dir.path().join("pessimistic"),
     )
     .unwrap();
-    let kvs: Arc<dyn KeyValueService> =
+    let rocks =
         Arc::new(RocksDbKvs::open(dir.path().join("ortelius"), &RocksDbConfig::default()).unwrap());
+    let kvs: Arc<dyn KeyValueService> = rocks.clone();
     let manager = TransactionManager::embedded(kvs, TransactionConfig::default()).unwrap();
     let table = TableRef::new("bench", "t").unwrap();
     manager
@@ -92,6 +96,13 @@ fn stores() -> Stores {
                 Ok(())
             })
             .unwrap();
+    }
+    if std::env::var_os("FLUSHED").is_some() {
+        // Every store's rows in one SST file, none in a memtable.
+        raw.flush().unwrap();
+        optimistic.flush().unwrap();
+        pessimistic.flush().unwrap();
+        rocks.compact();
     }
     Stores {
         _dir: dir,
