@@ -19,8 +19,9 @@ build_gib=10
 temp_gib=4
 free_gib() { df -P -k "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
 empty() {
-  if [ ! -f "$target/CACHEDIR.TAG" ]; then
-    echo "$target is not a cargo target directory (no CACHEDIR.TAG): not removing it; $1" >&2
+  if [ ! -f "$target/CACHEDIR.TAG" ] && [ ! -d "$target/release/.fingerprint" ]; then
+    echo "$target does not look like a cargo target directory (no CACHEDIR.TAG, no" \
+      "release/.fingerprint): not removing it, although $1" >&2
     exit 1
   fi
   echo "removing the build cache $target ($(du -sh "$target" | cut -f1)): $1" >&2
