@@ -5,18 +5,19 @@
 # leaves a whole build behind (every test binary links RocksDB), and a long-lived cache fills
 # the disk until the tests' servers fail with "no space left on device". So the cache is kept
 # only while what decides those builds is unchanged (Cargo.lock, the workspace's Cargo.toml,
-# the toolchain), or emptied (everything is rebuilt: about 25 minutes on 2 cores), also when
+# the toolchain), or emptied (everything is rebuilt: about 16 minutes on 2 cores), also when
 # its disk is nearly full. Fails before anything is built, saying where, if there is too
 # little room even then.
 set -euo pipefail
 target=${1:?usage: ci-cache.sh TARGET_DIR TEMP_DIR}
 temp=${2:?usage: ci-cache.sh TARGET_DIR TEMP_DIR}
 cd "$(dirname "$0")/.."
-# GiB the run needs free: beside a cache, for the workspace's own crates; without one, for a
-# whole build (about 3 GiB); in the temporary directory, for the servers the tests start.
-keep_cache_gib=10
-build_gib=10
-temp_gib=4
+# GiB the run needs free (each can be set through the environment): beside a cache, for the
+# workspace's own crates; without one, for a whole build (about 3 GiB); in the temporary
+# directory, for the servers the tests start (a whole run peaked at 1.3 GB).
+keep_cache_gib=${ORTELIUS_CI_KEEP_CACHE_GIB:-10}
+build_gib=${ORTELIUS_CI_BUILD_GIB:-10}
+temp_gib=${ORTELIUS_CI_TEMP_GIB:-4}
 free_gib() { df -P -k "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
 empty() {
   if [ ! -f "$target/CACHEDIR.TAG" ] && [ ! -d "$target/release/.fingerprint" ]; then
