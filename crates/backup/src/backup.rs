@@ -1,11 +1,11 @@
 //! Taking a backup: the live runbook in one step.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ortelius_kvs::snapshot::for_each_in_parallel;
+use ortelius_kvs::snapshot::{for_each_in_parallel, ProgressCount};
 use ortelius_kvs::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -470,14 +470,11 @@ fn store_files(
         .filter(|f| journal.get(&f.path).is_none())
         .collect();
     let journal = Mutex::new(journal);
-    let read = AtomicU64::new(0);
+    let read = ProgressCount::new();
     for_each_in_parallel(&todo, |raw| -> Result<()> {
         check()?;
         // Progress counts the raw file's bytes, as the first step reads them.
-        let mut on_bytes = |n: u64| {
-            let now = read.fetch_add(n, Ordering::Relaxed).saturating_add(n);
-            progress("storing", now, total);
-        };
+        let mut on_bytes = |n: u64| read.add(n, |now| progress("storing", now, total));
         let (name, (size, sha256)) = store_file(&store, &raw.path, options, &mut on_bytes)?;
         let in_parent = parent.is_some_and(|(_, p)| {
             p.files

@@ -2,9 +2,8 @@
 //! snapshot and check the transactions table against F).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use ortelius_kvs::snapshot::for_each_in_parallel;
+use ortelius_kvs::snapshot::{for_each_in_parallel, ProgressCount};
 use ortelius_kvs::TableRef;
 use ortelius_txn::{TransactionsTable, TxnStatus, TRANSACTIONS_TABLE};
 
@@ -80,11 +79,10 @@ pub(crate) fn verify_files(
         }
         work.push((file, path));
     }
-    let done = AtomicU64::new(0);
+    let done = ProgressCount::new();
     let check = |(file, path): &(&FileEntry, PathBuf)| -> Result<()> {
         let (size, sha256) = sha256_file(path, &mut |n| {
-            let now = done.fetch_add(n, Ordering::Relaxed).saturating_add(n);
-            progress("verifying", now, total);
+            done.add(n, |now| progress("verifying", now, total))
         })?;
         if size != file.size || sha256 != file.sha256 {
             return Err(corrupt(format!(

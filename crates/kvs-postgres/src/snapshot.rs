@@ -8,11 +8,11 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ortelius_kvs::snapshot::{
-    mark_restore_in_progress, Loaded, RestoreTarget, SnapshotFormat, SnapshotInfo,
+    mark_restore_in_progress, Loaded, ProgressCount, RestoreTarget, SnapshotFormat, SnapshotInfo,
     SnapshotProgress, SnapshotSource, TargetState, RESTORE_MARKER_TABLE,
 };
 use ortelius_kvs::{
@@ -192,7 +192,7 @@ impl SnapshotSource for PostgresSnapshots {
                 file: format!("t_{id}.copy"),
             });
         }
-        let done = AtomicU64::new(0);
+        let done = ProgressCount::new();
         let total = tables.len() as u64;
         parallel(
             &tables,
@@ -224,7 +224,7 @@ impl SnapshotSource for PostgresSnapshots {
                     .map_err(|e| io_error("cannot write", &path, e.into_error()))?
                     .sync_all()
                     .map_err(|e| io_error("cannot sync", &path, e))?;
-                progress(done.fetch_add(1, Ordering::SeqCst) + 1, total);
+                done.add(1, |now| progress(now, total));
                 Ok(())
             },
         )?;
@@ -378,7 +378,7 @@ impl RestoreTarget for PostgresTarget {
             .map(|t| std::fs::metadata(dir.join(&t.file)).map_or(0, |m| m.len()))
             .collect();
         let total: u64 = sizes.iter().sum();
-        let done = AtomicU64::new(0);
+        let done = ProgressCount::new();
         let indexed: Vec<(&SnapshotTable, u64)> = manifest.tables.iter().zip(sizes).collect();
         parallel(
             &indexed,
@@ -401,7 +401,7 @@ impl RestoreTarget for PostgresTarget {
                         "ALTER TABLE {rel} ADD PRIMARY KEY (row_name, col_name, ts)"
                     ))
                     .map_err(self.failed("build a primary key"))?;
-                progress(done.fetch_add(*size, Ordering::SeqCst) + size, total);
+                done.add(*size, |now| progress(now, total));
                 Ok(())
             },
         )?;

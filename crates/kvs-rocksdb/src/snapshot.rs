@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ortelius_kvs::snapshot::{
-    for_each_in_parallel, mark_restore_in_progress, restore_in_progress, Loaded, RestoreTarget,
-    SnapshotFormat, SnapshotInfo, SnapshotProgress, SnapshotSource, TargetState,
+    for_each_in_parallel, mark_restore_in_progress, restore_in_progress, Loaded, ProgressCount,
+    RestoreTarget, SnapshotFormat, SnapshotInfo, SnapshotProgress, SnapshotSource, TargetState,
 };
 use ortelius_kvs::{Cell, KeyValueService, KvsError, KvsResult, TableRef, Value};
 
@@ -229,17 +229,12 @@ impl RestoreTarget for RocksDbTarget {
         files_of(dir, dir, &mut files)?;
         files.sort();
         let total: u64 = files.iter().map(|(_, size)| size).sum();
-        let (done, reused_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+        let (done, reused_bytes) = (ProgressCount::new(), AtomicU64::new(0));
         // Files are copied on every core: one copy at a time leaves the disks idle while each
         // file is synced.
         let place = |(rel, size): &(PathBuf, u64)| -> KvsResult<()> {
             let (from, to) = (dir.join(rel), staging.join(rel));
-            let report = || {
-                let now = done
-                    .fetch_add(*size, Ordering::Relaxed)
-                    .saturating_add(*size);
-                progress(now, total);
-            };
+            let report = || done.add(*size, |now| progress(now, total));
             // A file is only ever in place whole (copies are renamed once synced).
             if resuming && std::fs::metadata(&to).is_ok_and(|m| m.len() == *size) {
                 reused_bytes.fetch_add(*size, Ordering::Relaxed);

@@ -237,10 +237,72 @@ pub fn for_each_in_parallel<T: Sync, E: Send>(
     })
 }
 
+/// Work done so far by tasks running in parallel (bytes checksummed, files copied), reported
+/// in order: each addition and its report happen under one lock, so the reports a caller sees
+/// never go backwards and the last one is the final count. (With a bare atomic counter, the
+/// thread that adds last can report before a slower one reports an earlier count, and a
+/// progress display would end short of its total.)
+#[derive(Debug, Default)]
+pub struct ProgressCount(std::sync::Mutex<u64>);
+
+impl ProgressCount {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `n` and passes the new count to `report` before any other addition can happen.
+    pub fn add(&self, n: u64, report: impl FnOnce(u64)) {
+        let mut done = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *done = done.saturating_add(n);
+        report(*done);
+    }
+
+    /// The count so far.
+    pub fn get(&self) -> u64 {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[cfg(test)]
 mod parallel_tests {
-    use super::for_each_in_parallel;
+    #![allow(clippy::unwrap_used)]
+    use super::{for_each_in_parallel, ProgressCount};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    #[test]
+    fn parallel_progress_reports_never_go_backwards_and_end_at_the_total() {
+        for _ in 0..20 {
+            let count = ProgressCount::new();
+            let seen = Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for _ in 0..8 {
+                    scope.spawn(|| {
+                        for _ in 0..50 {
+                            count.add(3, |now| {
+                                // A slow receiver widens the window a bare counter leaves open.
+                                std::thread::yield_now();
+                                seen.lock().unwrap().push(now);
+                            });
+                        }
+                    });
+                }
+            });
+            let seen = seen.into_inner().unwrap();
+            assert!(
+                seen.windows(2).all(|w| w[0] < w[1]),
+                "out of order: {seen:?}"
+            );
+            assert_eq!(seen.last(), Some(&(8 * 50 * 3)));
+            assert_eq!(count.get(), 8 * 50 * 3);
+        }
+    }
 
     #[test]
     fn every_item_is_done_once_and_the_first_failure_is_returned() {
