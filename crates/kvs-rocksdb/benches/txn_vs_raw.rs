@@ -5,7 +5,9 @@
 //! `raw_two_writes`, raw RocksDB writing what the protocol must write in the order it must
 //! (the data unsynced, then a synced commit record: two trips through the one write-ahead
 //! log, the second holding RocksDB's write queue during its sync; Ortelius syncs its commit
-//! records beside the queue instead). `scripts/bench-ratios.py` prints baseline-time /
+//! records beside the queue instead). The read-only group also has `raw_versioned`, raw RocksDB
+//! doing a snapshot read's storage work on Ortelius's key layout (see [`versioned_read`]).
+//! `scripts/bench-ratios.py` prints baseline-time /
 //! ortelius-time for each baseline. RocksDB's transactions read at a snapshot taken when the
 //! transaction begins and commit with a synced write, as Ortelius does. All four stores are
 //! opened with the backend's own options and hold the same data.
@@ -26,17 +28,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ortelius_kvs::testing::parallel;
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, Criterion};
-use ortelius_kvs::{Cell, KeyValueService, TableRef};
+use ortelius_kvs::{keycodec, Cell, KeyValueService, TableRef, Timestamp};
 use ortelius_kvs_rocksdb::{RocksDbConfig, RocksDbKvs};
 use ortelius_txn::{TableMetadata, TransactionConfig, TransactionManager};
 use rocksdb::{
-    OptimisticTransactionDB, OptimisticTransactionOptions, ReadOptions, TransactionDB,
-    TransactionDBOptions, TransactionOptions, WriteOptions, DB,
+    DBRawIterator, OptimisticTransactionDB, OptimisticTransactionOptions, ReadOptions,
+    TransactionDB, TransactionDBOptions, TransactionOptions, WriteOptions, DB,
 };
 
 const KEYS: u64 = 100_000;
@@ -46,9 +49,17 @@ fn key(i: u64) -> [u8; 8] {
     i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes()
 }
 
+/// The table id and the timestamps of the rows in the `raw_versioned` store.
+const VERSIONED_TABLE: u32 = 1;
+const VERSIONED_WRITE_TS: Timestamp = 1;
+const VERSIONED_READ_TS: Timestamp = 1 << 40;
+
 struct Stores {
     _dir: tempfile::TempDir,
     raw: DB,
+    /// The rows under Ortelius's key layout. Leaked, so that each bench thread can keep an
+    /// iterator over it in a thread-local (as Ortelius's iterator pool keeps them).
+    versioned: &'static DB,
     optimistic: OptimisticTransactionDB,
     pessimistic: TransactionDB,
     manager: TransactionManager,
@@ -59,6 +70,9 @@ fn stores() -> Stores {
     let dir = tempfile::tempdir().unwrap();
     let opts = ortelius_kvs_rocksdb::rocksdb_options();
     let raw = DB::open(&opts, dir.path().join("raw")).unwrap();
+    let versioned: &'static DB = Box::leak(Box::new(
+        DB::open(&opts, dir.path().join("versioned")).unwrap(),
+    ));
     let optimistic = OptimisticTransactionDB::open(&opts, dir.path().join("optimistic")).unwrap();
     let pessimistic = TransactionDB::open(
         &opts,
@@ -80,6 +94,15 @@ fn stores() -> Stores {
             batch.put(key(i), VALUE);
         }
         raw.write(batch).unwrap();
+        let mut batch = rocksdb::WriteBatch::default();
+        for &i in chunk {
+            let cell = Cell::new(key(i), "v").unwrap();
+            batch.put(
+                keycodec::version_key(VERSIONED_TABLE, &cell, VERSIONED_WRITE_TS),
+                VALUE,
+            );
+        }
+        versioned.write(batch).unwrap();
         let txn = optimistic.transaction();
         let other = pessimistic.transaction();
         for &i in chunk {
@@ -100,6 +123,7 @@ fn stores() -> Stores {
     if std::env::var_os("FLUSHED").is_some() {
         // Every store's rows in one SST file, none in a memtable.
         raw.flush().unwrap();
+        versioned.flush().unwrap();
         optimistic.flush().unwrap();
         pessimistic.flush().unwrap();
         rocks.compact();
@@ -107,6 +131,7 @@ fn stores() -> Stores {
     Stores {
         _dir: dir,
         raw,
+        versioned,
         optimistic,
         pessimistic,
         manager,
@@ -184,6 +209,35 @@ fn raw_read(s: &Stores, i: u64) {
     black_box(s.raw.get(key((i * 7919) % KEYS)).unwrap());
 }
 
+/// Raw RocksDB doing the storage work of a snapshot point read, as Ortelius's backend does it:
+/// seek a reused iterator (refreshed only when the store has changed) to the newest version of
+/// the cell below the read timestamp, on the same key layout (table id, escaped row and
+/// column, inverted timestamp). Its cost beyond `raw` is the multi-version layout (a seek where
+/// a plain key allows a `get`); Ortelius's cost beyond it is the transaction (start timestamp,
+/// the writer's commit timestamp, the contract's owned cells and maps).
+fn versioned_read(s: &Stores, i: u64) {
+    thread_local! {
+        static ITER: RefCell<Option<(u64, DBRawIterator<'static>)>> = const { RefCell::new(None) };
+    }
+    let cell = Cell::new(key((i * 7919) % KEYS), "v").unwrap();
+    let seek = keycodec::version_key(VERSIONED_TABLE, &cell, VERSIONED_READ_TS - 1);
+    let prefix = &seek[..seek.len() - keycodec::TS_LEN];
+    ITER.with_borrow_mut(|slot| {
+        let latest = s.versioned.latest_sequence_number();
+        let (seen, iter) = slot.get_or_insert_with(|| (latest, s.versioned.raw_iterator()));
+        if *seen != latest {
+            iter.refresh().unwrap();
+            *seen = latest;
+        }
+        iter.seek(&seek);
+        black_box(
+            iter.key()
+                .filter(|k| k.starts_with(prefix))
+                .and_then(|_| iter.value().map(<[u8]>::to_vec)),
+        );
+    });
+}
+
 fn txn_read(s: &Stores, i: u64) {
     let cell = Cell::new(key((i * 7919) % KEYS), "v").unwrap();
     black_box(
@@ -202,8 +256,14 @@ struct Flavour {
 
 /// The flavour that differs from `raw` only in its writes (not run in the read-only group).
 const RAW_TWO_WRITES: &str = "raw_two_writes";
+/// The flavour that reads on Ortelius's key layout (run in the read-only group only).
+const RAW_VERSIONED: &str = "raw_versioned";
 
-const FLAVOURS: [Flavour; 5] = [
+fn no_write(_: &Stores, _: u64) {
+    unreachable!("{RAW_VERSIONED} runs in the read-only group only")
+}
+
+const FLAVOURS: [Flavour; 6] = [
     Flavour {
         name: "raw",
         write: raw_write,
@@ -213,6 +273,11 @@ const FLAVOURS: [Flavour; 5] = [
         name: RAW_TWO_WRITES,
         write: raw_two_writes,
         read: raw_read,
+    },
+    Flavour {
+        name: RAW_VERSIONED,
+        write: no_write,
+        read: versioned_read,
     },
     Flavour {
         name: "optimistic",
@@ -253,9 +318,12 @@ fn ops() -> [(&'static str, Op); 3] {
 
 /// The flavours run in the group of operation `name`.
 fn flavours(name: &str) -> impl Iterator<Item = &'static Flavour> + '_ {
-    FLAVOURS
-        .iter()
-        .filter(move |f| name != "read_txn" || f.name != RAW_TWO_WRITES)
+    let left_out = if name == "read_txn" {
+        RAW_TWO_WRITES
+    } else {
+        RAW_VERSIONED
+    };
+    FLAVOURS.iter().filter(move |f| f.name != left_out)
 }
 
 fn throughput(c: &mut Criterion) {
