@@ -272,13 +272,13 @@ impl RocksDbKvs {
 
     /// Reads the table `table_id` with a pooled iterator and answers what `read` found once it
     /// is settled (see [`Self::settle`]).
-    fn read_settled<K, V>(
+    fn read_settled<T: Found>(
         &self,
         table_id: u32,
-        read: impl FnOnce(&mut DBRawIterator<'_>) -> KvsResult<BTreeMap<K, V>>,
-    ) -> KvsResult<BTreeMap<K, V>> {
+        read: impl FnOnce(&mut DBRawIterator<'_>) -> KvsResult<T>,
+    ) -> KvsResult<T> {
         let found = self.iters.with_iter(read)?;
-        if !found.is_empty() {
+        if found.any() {
             self.settle(table_id)?;
         }
         Ok(found)
@@ -342,6 +342,23 @@ impl RocksDbKvs {
             }
             Ok(out)
         })
+    }
+}
+
+/// What a read found: only a read that found something waits for its writes to settle.
+trait Found {
+    fn any(&self) -> bool;
+}
+
+impl<K, V> Found for BTreeMap<K, V> {
+    fn any(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl<T> Found for Option<T> {
+    fn any(&self) -> bool {
+        self.is_some()
     }
 }
 
@@ -492,6 +509,16 @@ impl KeyValueService for RocksDbKvs {
         cells: &[(Cell, Timestamp)],
     ) -> KvsResult<BTreeMap<Cell, Value>> {
         self.newest_versions(table, cells, read_version)
+    }
+
+    fn get_one(&self, table: &TableRef, cell: &Cell, bound: Timestamp) -> KvsResult<Option<Value>> {
+        validate_read_ts(bound)?;
+        let id = self.table_id(table)?;
+        self.read_settled(id, |iter| {
+            let key = keys::version_key(id, cell, bound - 1);
+            iter.seek(&key);
+            read_version(iter, &key[..key.len().saturating_sub(keys::TS_LEN)])
+        })
     }
 
     fn get_rows(

@@ -102,7 +102,13 @@ fn get<K: KeyValueService + ?Sized>(
     c: &Cell,
     ts: Timestamp,
 ) -> Option<Value> {
-    kvs.get(t, &[(c.clone(), ts)]).unwrap().remove(c)
+    let got = kvs.get(t, &[(c.clone(), ts)]).unwrap().remove(c);
+    assert_eq!(
+        kvs.get_one(t, c, ts).unwrap(),
+        got,
+        "get_one answers as get does"
+    );
+    got
 }
 
 fn val(s: &str, ts: Timestamp) -> Option<Value> {
@@ -646,6 +652,7 @@ pub fn operations_on_missing_table_fail_with_table_not_found<K: KeyValueService 
         "put_unless_exists",
     );
     missing(kvs.get(&t, &[(c.clone(), 1)]).map(drop), "get");
+    missing(kvs.get_one(&t, &c, 1).map(drop), "get_one");
     missing(
         kvs.get_range(&t, &RangeRequest::all(), 1).map(drop),
         "get_range",
@@ -1105,7 +1112,8 @@ pub fn check_and_set_race_has_exactly_one_winner<K: KeyValueService + ?Sized>(kv
             s.spawn(|| {
                 let mut done = 0;
                 while done < INCREMENTS {
-                    let current = get(kvs, &t, &c, 1).unwrap().contents;
+                    // Not `get`: that compares two reads, and other threads write between them.
+                    let current = kvs.get_one(&t, &c, 1).unwrap().unwrap().contents;
                     let n = u64::from_be_bytes(current.as_slice().try_into().unwrap());
                     let req = CheckAndSetRequest {
                         cell: c.clone(),
@@ -1255,6 +1263,13 @@ pub fn out_of_range_timestamps_are_rejected_and_write_nothing<K: KeyValueService
     ));
     let err = kvs.get(&t, &[(c.clone(), -1)]).unwrap_err();
     assert!(matches!(err, KvsError::InvalidTimestamp { .. }));
+    for ts in [-1, -2, i64::MIN] {
+        let err = kvs.get_one(&t, &c, ts).unwrap_err();
+        assert!(
+            matches!(err, KvsError::InvalidTimestamp { .. }),
+            "get_one below {ts}: {err:?}"
+        );
+    }
     assert!(
         kvs.get(&t, &[(c.clone(), MAX_READ_TS)]).unwrap().is_empty(),
         "nothing was written"

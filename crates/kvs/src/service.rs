@@ -55,6 +55,15 @@ pub trait KeyValueService: Send + Sync {
         table: &TableRef,
         cells: &[(Cell, Timestamp)],
     ) -> KvsResult<BTreeMap<Cell, Value>>;
+    /// [`get`](Self::get) of one cell: its latest version with timestamp `< bound`. A backend
+    /// may answer it without building the request and the map (the hot path of a
+    /// transaction's point read).
+    fn get_one(&self, table: &TableRef, cell: &Cell, bound: Timestamp) -> KvsResult<Option<Value>> {
+        Ok(self
+            .get(table, &[(cell.clone(), bound)])?
+            .into_values()
+            .next())
+    }
     /// The latest version `< ts` of every selected cell of each row.
     fn get_rows(
         &self,

@@ -183,6 +183,28 @@ impl Reader<'_> {
         })
     }
 
+    /// One cell's visible version (a tombstone included). Usually the store's newest version
+    /// below the read timestamp was committed before it, by a writer whose outcome is cached:
+    /// that version is the answer, without the maps of a many-cell read. Anything else (a
+    /// sentinel, a validation read, an outcome to load or decide, a version to look below)
+    /// takes [`Self::resolve_raw`].
+    pub fn get_cell(&self, table: &TableRef, cell: &Cell) -> TxnResult<Option<Value>> {
+        let Some(raw) = self.inner.kvs.get_one(table, cell, self.read_ts)? else {
+            return Ok(None);
+        };
+        if matches!(self.mode, ReadMode::Snapshot)
+            && raw.timestamp != SWEEP_SENTINEL_TS
+            && matches!(self.inner.txns.cached(raw.timestamp),
+                Some(TxnStatus::Committed(commit)) if commit < self.read_ts)
+        {
+            return Ok(Some(raw));
+        }
+        Ok(self
+            .resolve_raw(table, BTreeMap::from([(cell.clone(), raw)]))?
+            .into_values()
+            .next())
+    }
+
     pub fn get_cells(&self, table: &TableRef, cells: &[Cell]) -> TxnResult<BTreeMap<Cell, Value>> {
         let requests: Vec<(Cell, Timestamp)> =
             cells.iter().map(|c| (c.clone(), self.read_ts)).collect();

@@ -238,9 +238,7 @@ impl Transaction {
         let cells = std::slice::from_ref(cell);
         let found = self
             .reader()
-            .get_cells(table, cells)?
-            .into_values()
-            .next()
+            .get_cell(table, cell)?
             .filter(|value| !value.is_empty())
             .map(|value| value.contents);
         self.record(

@@ -299,14 +299,22 @@ impl TransactionsTable {
         LockDescriptor::row(&self.table, &start_ts.to_be_bytes())
     }
 
+    /// The outcome of the transaction that started at `start` if it is known without reading
+    /// the store (versions below timestamp 1 were never written by a transaction).
+    pub fn cached(&self, start: Timestamp) -> Option<TxnStatus> {
+        if start < 1 {
+            Some(TxnStatus::Committed(0))
+        } else {
+            self.cache.get(start)
+        }
+    }
+
     /// Outcomes of the given transactions that are decided (cache first, then one store read).
     pub fn load(&self, starts: &[Timestamp]) -> KvsResult<Statuses> {
         let mut out = Statuses::default();
         let mut missing = Vec::new();
         for &ts in starts {
-            if ts < 1 {
-                out.insert(ts, TxnStatus::Committed(0));
-            } else if let Some(s) = self.cache.get(ts) {
+            if let Some(s) = self.cached(ts) {
                 out.insert(ts, s);
             } else {
                 missing.push(ts);
