@@ -1,15 +1,11 @@
 //! The cost of transactions: Ortelius transactions on its RocksDB backend against raw RocksDB
 //! doing the same logical work with the same durability, in the same run, at 1 and 8 threads.
-//! Each group has `raw`, `optimistic` (RocksDB's `OptimisticTransactionDB`), `pessimistic`
-//! (RocksDB's `TransactionDB`) and `ortelius`; the groups with writes also have
-//! `raw_two_writes`, raw RocksDB writing what the protocol must write in the order it must
-//! (the data unsynced, then a synced commit record: two trips through the one write-ahead
-//! log, the second holding RocksDB's write queue during its sync; Ortelius syncs its commit
-//! records beside the queue instead). The read-only group also has `raw_versioned`, raw RocksDB
-//! doing a snapshot read's storage work on Ortelius's key layout (see [`versioned_read`]).
+//! Each group has `raw`, `raw_versioned` (raw RocksDB doing the protocol's storage work on
+//! Ortelius's key layout: [`versioned_write`], [`versioned_read`]), `optimistic` (RocksDB's
+//! `OptimisticTransactionDB`), `pessimistic` (RocksDB's `TransactionDB`) and `ortelius`.
 //! `scripts/bench-ratios.py` prints baseline-time /
 //! ortelius-time for each baseline. RocksDB's transactions read at a snapshot taken when the
-//! transaction begins and commit with a synced write, as Ortelius does. All four stores are
+//! transaction begins and commit with a synced write, as Ortelius does. All five stores are
 //! opened with the backend's own options and hold the same data.
 //!
 //! Durability parity: raw writes are synced (`sync = true`); a transaction writes its data
@@ -189,12 +185,23 @@ fn raw_write(s: &Stores, i: u64) {
     s.raw.put_opt(key(KEYS + i), VALUE, &synced()).unwrap();
 }
 
-fn raw_two_writes(s: &Stores, i: u64) {
-    s.raw.put(key(KEYS + i), VALUE).unwrap();
-    let mut record = *b"commit--";
-    record[6..].copy_from_slice(&key(KEYS + i)[..2]);
-    s.raw
-        .put_opt(record, (KEYS + i).to_be_bytes(), &synced())
+/// Raw RocksDB writing what a transaction must write, in the order it must, on Ortelius's key
+/// layout: the new version unsynced, then a synced commit record (a row of another table,
+/// keyed by the start timestamp). Two trips through the one write-ahead log, the second holding
+/// RocksDB's write queue during its sync; Ortelius syncs its commit records beside the queue.
+fn versioned_write(s: &Stores, i: u64) {
+    let start = VERSIONED_WRITE_TS + 1 + i as Timestamp;
+    let cell = Cell::new(key(KEYS + i), "v").unwrap();
+    s.versioned
+        .put(keycodec::version_key(VERSIONED_TABLE, &cell, start), VALUE)
+        .unwrap();
+    let record = Cell::new(start.to_be_bytes(), "t").unwrap();
+    s.versioned
+        .put_opt(
+            keycodec::version_key(VERSIONED_TABLE + 1, &record, 0),
+            (start + 1).to_be_bytes(),
+            &synced(),
+        )
         .unwrap();
 }
 
@@ -254,29 +261,15 @@ struct Flavour {
     read: fn(&Stores, u64),
 }
 
-/// The flavour that differs from `raw` only in its writes (not run in the read-only group).
-const RAW_TWO_WRITES: &str = "raw_two_writes";
-/// The flavour that reads on Ortelius's key layout (run in the read-only group only).
-const RAW_VERSIONED: &str = "raw_versioned";
-
-fn no_write(_: &Stores, _: u64) {
-    unreachable!("{RAW_VERSIONED} runs in the read-only group only")
-}
-
-const FLAVOURS: [Flavour; 6] = [
+const FLAVOURS: [Flavour; 5] = [
     Flavour {
         name: "raw",
         write: raw_write,
         read: raw_read,
     },
     Flavour {
-        name: RAW_TWO_WRITES,
-        write: raw_two_writes,
-        read: raw_read,
-    },
-    Flavour {
-        name: RAW_VERSIONED,
-        write: no_write,
+        name: "raw_versioned",
+        write: versioned_write,
         read: versioned_read,
     },
     Flavour {
@@ -316,16 +309,6 @@ fn ops() -> [(&'static str, Op); 3] {
     ]
 }
 
-/// The flavours run in the group of operation `name`.
-fn flavours(name: &str) -> impl Iterator<Item = &'static Flavour> + '_ {
-    let left_out = if name == "read_txn" {
-        RAW_TWO_WRITES
-    } else {
-        RAW_VERSIONED
-    };
-    FLAVOURS.iter().filter(move |f| f.name != left_out)
-}
-
 fn throughput(c: &mut Criterion) {
     let s = stores();
     for threads in [1, 8] {
@@ -334,7 +317,7 @@ fn throughput(c: &mut Criterion) {
             group.sample_size(10);
             group.measurement_time(Duration::from_secs(4));
             group.warm_up_time(Duration::from_secs(1));
-            for f in flavours(name) {
+            for f in FLAVOURS.iter() {
                 group.bench_function(f.name, |b| {
                     b.iter_custom(|iters| parallel(iters, threads, |_, i| op(f, &s, i)))
                 });
@@ -358,7 +341,7 @@ fn interleaved(rounds: usize, filter: Option<&str>) {
             if filter.is_some_and(|f| !group.contains(f)) {
                 continue;
             }
-            let flavours: Vec<&Flavour> = flavours(name).collect();
+            let flavours: Vec<&Flavour> = FLAVOURS.iter().collect();
             // Operations per round, from a short first run of each flavour (also its warm-up).
             let sizes: Vec<u64> = flavours
                 .iter()
