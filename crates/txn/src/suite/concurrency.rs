@@ -385,17 +385,24 @@ pub fn recorded_histories_show_no_snapshot_isolation_anomalies(store: &Store) {
     let t = history_table(&m);
     let log = Mutex::new(Vec::new());
     let ids = AtomicU64::new(1);
-    std::thread::scope(|s| {
-        for i in 0..THREADS {
-            let (m, t, log, ids) = (&m, &t, &log, &ids);
-            s.spawn(move || {
-                let mut rng = Rng(i as u64 * 104_729 + 3);
-                for _ in 0..60 {
-                    run_recorded(m, t, ids.fetch_add(1, Ordering::SeqCst), &mut rng, log);
-                }
-            });
+    // On a loaded machine the threads can happen to run one after the other and never
+    // conflict: then run the workload again (up to 10 times), adding to the same history.
+    for round in 0..10u64 {
+        std::thread::scope(|s| {
+            for i in 0..THREADS {
+                let (m, t, log, ids) = (&m, &t, &log, &ids);
+                s.spawn(move || {
+                    let mut rng = Rng(round * 1_000_003 + i as u64 * 104_729 + 3);
+                    for _ in 0..60 {
+                        run_recorded(m, t, ids.fetch_add(1, Ordering::SeqCst), &mut rng, log);
+                    }
+                });
+            }
+        });
+        if log.lock().unwrap().iter().any(|r| r.commit.is_none()) {
+            break;
         }
-    });
+    }
     let history = log.into_inner().unwrap();
     let committed = history.iter().filter(|r| r.commit.is_some()).count();
     assert!(
