@@ -259,14 +259,6 @@ impl ProgressCount {
         *done = done.saturating_add(n);
         report(*done);
     }
-
-    /// The count so far.
-    pub fn get(&self) -> u64 {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 #[cfg(test)]
@@ -300,7 +292,6 @@ mod parallel_tests {
                 "out of order: {seen:?}"
             );
             assert_eq!(seen.last(), Some(&(8 * 50 * 3)));
-            assert_eq!(count.get(), 8 * 50 * 3);
         }
     }
 
