@@ -17,8 +17,8 @@ use crate::txn_table::{Statuses, TxnStatus};
 
 /// Reads give up after this many rounds of re-reading below invisible versions.
 pub(crate) const MAX_POST_FILTER_ROUNDS: usize = 200;
-/// From this round on, a snapshot read re-reads a cell below every invisible version it can
-/// decide at once (see [`Reader::skip_invisible`]) rather than below one at a time.
+/// From this round on, a read re-reads a cell below every invisible version it can decide at
+/// once (see [`Reader::skip_invisible`]) rather than below one at a time.
 const SKIP_FROM_ROUND: usize = 2;
 /// Outcomes looked up per batch while skipping invisible versions.
 const SKIP_BATCH: usize = 64;
@@ -173,7 +173,7 @@ impl Reader<'_> {
                         visible.insert(cell, value);
                     }
                     // Aborted, or committed at/after our read timestamp: look below it.
-                    _ if round >= SKIP_FROM_ROUND && matches!(self.mode, ReadMode::Snapshot) => {
+                    _ if round >= SKIP_FROM_ROUND => {
                         let bound = self.skip_invisible(table, &cell, value.timestamp)?;
                         reload.push((cell, bound));
                     }
@@ -193,9 +193,9 @@ impl Reader<'_> {
     }
 
     /// The bound to re-read `cell` at, given that its version at `below` is invisible to this
-    /// snapshot read: just above the newest version below `below` that may be visible (its
-    /// writer committed before the read timestamp, or is a sentinel, which the next round
-    /// handles as usual), past every version in between. Their outcomes are looked up in
+    /// read: just above the newest version below `below` that may be visible (its writer
+    /// committed before the read timestamp), or that the next round handles as usual (a
+    /// sentinel, or a validating transaction's own version), past every version in between. Their outcomes are looked up in
     /// batches, and the undecided ones among them, which reading below one version at a time
     /// would decide one per round, are decided together. So a cell with a long run of invisible
     /// versions (a hot cell in a restored backup, whose transactions after the backup
@@ -215,26 +215,28 @@ impl Reader<'_> {
         versions.sort_unstable_by(|a, b| b.cmp(a));
         versions.dedup();
         let visible = |status: Option<&TxnStatus>| matches!(status, Some(TxnStatus::Committed(commit)) if *commit < self.read_ts);
+        let own_start = match self.mode {
+            ReadMode::Validation { own_start } => Some(own_start),
+            ReadMode::Snapshot => None,
+        };
+        let special = |ts: &Timestamp| *ts == SWEEP_SENTINEL_TS || Some(*ts) == own_start;
         for batch in versions.chunks(SKIP_BATCH) {
-            let writers: Vec<Timestamp> = batch
-                .iter()
-                .copied()
-                .filter(|ts| *ts != SWEEP_SENTINEL_TS)
-                .collect();
+            let writers: Vec<Timestamp> = batch.iter().copied().filter(|ts| !special(ts)).collect();
             let mut known = self.inner.txns.load(&writers)?;
             // The undecided writers above the first version that may be visible.
             let undecided: Vec<Timestamp> = batch
                 .iter()
                 .copied()
-                .take_while(|ts| *ts != SWEEP_SENTINEL_TS && !visible(known.get(ts)))
+                .take_while(|ts| !special(ts) && !visible(known.get(ts)))
                 .filter(|ts| !known.contains_key(ts))
                 .collect();
             if !undecided.is_empty() {
                 known.extend(self.resolve(table, &undecided)?);
             }
-            if let Some(ts) = batch.iter().find(|ts| {
-                **ts == SWEEP_SENTINEL_TS || !matches!(known.get(ts), Some(s) if !visible(Some(s)))
-            }) {
+            if let Some(ts) = batch
+                .iter()
+                .find(|ts| special(ts) || !matches!(known.get(ts), Some(s) if !visible(Some(s))))
+            {
                 return Ok(ts.saturating_add(1));
             }
         }

@@ -199,6 +199,25 @@ pub fn a_long_run_of_invisible_versions_is_read_through(store: &Store) {
             .all(|w| statuses.get(w) == Some(&TxnStatus::Aborted)),
         "every abandoned writer was rolled back"
     );
+    // A serializable transaction's validation reads the cell again at its commit timestamp,
+    // through the same run of (now aborted) versions.
+    let serializable = m.begin(Isolation::Serializable).unwrap();
+    assert_eq!(read_u64(&serializable, &t, &c).unwrap(), Some(1));
+    serializable
+        .put(&t, &cell("other", "x"), 5u64.to_be_bytes())
+        .unwrap();
+    serializable.commit().unwrap();
+    // Its own version below a run of invisible ones: validation skips to it and then below
+    // it, never deciding its own transaction (that would wait on its own commit lock).
+    let own = m.begin(Isolation::Serializable).unwrap();
+    assert_eq!(read_u64(&own, &t, &c).unwrap(), Some(1));
+    for i in 0..4u64 {
+        abandoned_write(&m, &t, &c, &(i + 100).to_be_bytes());
+    }
+    own.put(&t, &c, 7u64.to_be_bytes()).unwrap();
+    own.commit().unwrap();
+    let ro = m.begin_read_only().unwrap();
+    assert_eq!(read_u64(&ro, &t, &c).unwrap(), Some(7));
 }
 
 pub fn reader_waits_for_a_committing_writer_instead_of_rolling_it_back(store: &Store) {
