@@ -28,6 +28,12 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Asserts that the script's messages contain `text`.
+fn says(out: &Output, text: &str) {
+    let said = stderr(out);
+    assert!(said.contains(text), "expected {text:?} in: {said}");
+}
+
 /// A directory that looks like one cargo made, holding `file`.
 fn cache_with(file: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -52,11 +58,7 @@ fn a_cache_is_kept_while_its_key_matches_and_emptied_when_it_does_not() {
         !dir.path().join("old-build").exists(),
         "a cache without a key is emptied"
     );
-    assert!(
-        stderr(&out).contains("built for other dependencies"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "built for other dependencies");
     let key = std::fs::read_to_string(dir.path().join(".ci-key")).unwrap();
     std::fs::write(dir.path().join("CACHEDIR.TAG"), "").unwrap();
     std::fs::write(dir.path().join("this-build"), "built").unwrap();
@@ -84,11 +86,18 @@ fn a_cache_on_a_disk_short_of_room_is_emptied() {
     let out = run(dir.path(), HUGE, 0, 0);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!dir.path().join("build").exists());
-    assert!(
-        stderr(&out).contains("GiB free on its disk"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "GiB free on its disk");
+}
+
+#[test]
+fn a_cache_without_its_tag_but_with_cargo_fingerprints_is_still_a_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("release/.fingerprint")).unwrap();
+    std::fs::write(dir.path().join("release/old-build"), "built").unwrap();
+    let out = run(dir.path(), 0, 0, 0);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!dir.path().join("release/old-build").exists());
+    says(&out, "built for other dependencies");
 }
 
 #[test]
@@ -98,11 +107,7 @@ fn a_directory_cargo_did_not_make_is_never_removed() {
     let out = run(dir.path(), 0, 0, 0);
     assert!(!out.status.success());
     assert!(dir.path().join("precious").exists());
-    assert!(
-        stderr(&out).contains("does not look like a cargo target directory"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "does not look like a cargo target directory");
 }
 
 #[test]
@@ -110,21 +115,12 @@ fn a_run_without_room_stops_naming_where() {
     let empty = tempfile::tempdir().unwrap();
     let out = run(empty.path(), 0, HUGE, 0);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains(&format!("for the build in {}", empty.path().display())),
-        "{}",
-        stderr(&out)
+    says(
+        &out,
+        &format!("for the build in {}", empty.path().display()),
     );
     let out = run(empty.path(), 0, 0, HUGE);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("for the tests' servers in"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("free some space there"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "for the tests' servers in");
+    says(&out, "free some space there");
 }
