@@ -14,7 +14,7 @@
 //!
 //! `INTERLEAVED_ROUNDS=n cargo bench --bench txn_vs_raw [-- group]` measures without criterion:
 //! the flavours of each group take turns, round after round, and the ratios are per round (see
-//! [`interleaved`]); criterion measures one flavour for seconds before the next.
+//! [`common`]); criterion measures one flavour for seconds before the next.
 //!
 //! The stores hold their rows in memtables, as loaded; with `FLUSHED` set, in SST files (as
 //! most of a long-lived store is).
@@ -22,6 +22,8 @@
 //! Memory is measured by `txn_memory`, apart: its counting allocator updates shared counters on
 //! every allocation, which with 8 threads would slow whichever side allocates more.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use ortelius_kvs::testing::parallel;
 use std::cell::RefCell;
@@ -327,80 +329,32 @@ fn throughput(c: &mut Criterion) {
     }
 }
 
-/// The interleaved measurement (`INTERLEAVED_ROUNDS=n`): each group's flavours run one after
-/// the other for about `ROUND` each, `n` times over, each round starting with the next flavour,
-/// so that a drift of the machine (this disk's sync time moves by a fifth within minutes)
-/// reaches every flavour alike. Prints each flavour's median time per operation and, for each
-/// baseline, the median and the range of the rounds' ratios baseline-time / ortelius-time.
+/// The interleaved measurement (`INTERLEAVED_ROUNDS=n`, see [`common`]) of every group.
 fn interleaved(rounds: usize, filter: Option<&str>) {
-    const ROUND: Duration = Duration::from_millis(400);
-    let s = stores();
+    let s = &stores();
     for threads in [1, 8] {
         for (name, op) in ops() {
             let group = format!("{name}_{threads}t");
             if filter.is_some_and(|f| !group.contains(f)) {
                 continue;
             }
-            let flavours: Vec<&Flavour> = FLAVOURS.iter().collect();
-            // Operations per round, from a short first run of each flavour (also its warm-up).
-            let sizes: Vec<u64> = flavours
+            let ops: Vec<_> = FLAVOURS.iter().map(|f| move |i| op(f, s, i)).collect();
+            let flavours: Vec<common::Flavour<'_>> = FLAVOURS
                 .iter()
-                .map(|f| {
-                    let probe = 300 * threads;
-                    let took = parallel(probe, threads, |_, i| op(f, &s, i));
-                    let n = probe as f64 * ROUND.as_secs_f64() / took.as_secs_f64();
-                    (n as u64).max(threads)
-                })
+                .zip(&ops)
+                .map(|(f, op)| (f.name, op as &(dyn Fn(u64) + Sync)))
                 .collect();
-            let mut per_op = vec![Vec::with_capacity(rounds); flavours.len()];
-            for round in 0..rounds {
-                for k in 0..flavours.len() {
-                    let j = (round + k) % flavours.len();
-                    let took = parallel(sizes[j], threads, |_, i| op(flavours[j], &s, i));
-                    per_op[j].push(took.as_nanos() as f64 / sizes[j] as f64);
-                }
-            }
-            let ours = flavours.iter().position(|f| f.name == "ortelius").unwrap();
-            for (j, f) in flavours.iter().enumerate().filter(|&(j, _)| j != ours) {
-                let mut ratios: Vec<f64> = (0..rounds)
-                    .map(|r| per_op[j][r] / per_op[ours][r])
-                    .collect();
-                ratios.sort_by(f64::total_cmp);
-                println!(
-                    "{group:<14} ortelius {:9.2} us  {:<15} {:9.2} us  ratio {:5.2}x  ({:.2}-{:.2}x over {rounds} rounds)",
-                    median(&per_op[ours]) / 1000.0,
-                    f.name,
-                    median(&per_op[j]) / 1000.0,
-                    median(&ratios),
-                    ratios[0],
-                    ratios[rounds - 1],
-                );
-            }
+            common::compare(&group, rounds, threads, &flavours);
         }
     }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
 }
 
 criterion_group!(benches, throughput);
 
 fn main() {
-    match std::env::var("INTERLEAVED_ROUNDS") {
-        Ok(rounds) => {
-            let rounds = rounds
-                .parse::<usize>()
-                .ok()
-                .filter(|&n| n > 0)
-                .expect("INTERLEAVED_ROUNDS must be a number of rounds, at least 1");
-            // cargo passes `--bench`; a name (as for criterion) selects the groups containing it.
-            let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-            interleaved(rounds, filter.as_deref());
-        }
-        Err(_) => {
+    match common::rounds() {
+        Some(rounds) => interleaved(rounds, common::filter().as_deref()),
+        None => {
             benches();
             Criterion::default().configure_from_args().final_summary();
         }
