@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ortelius_kvs::KvsResult;
-use rocksdb::{DBRawIterator, DB};
+use rocksdb::{DBRawIterator, ReadOptions, DB};
 
 self_cell::self_cell!(
     /// An iterator together with the database it reads (so it can live in the pool).
@@ -47,6 +47,8 @@ type Shard = Mutex<Vec<Pooled>>;
 
 pub(crate) struct IterPool {
     db: Arc<DB>,
+    /// What the pool's iterators may be used for.
+    seeks: Seeks,
     shards: Vec<Shard>,
     /// The shard the next [`IterPool::drop_idle`] visits.
     next_to_prune: AtomicUsize,
@@ -59,10 +61,30 @@ fn shard_of_thread() -> usize {
     SHARD.with(|s| *s)
 }
 
+/// What a pool's iterators are used for, which decides their read options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seeks {
+    /// Seeks to one cell's versions, stepping only through that cell: a seek skips every
+    /// memtable and SST file whose prefix bloom filter does not hold the cell (see
+    /// [`crate::cell_prefix_extractor`]). After the cell's last version such an iterator may
+    /// stand on any key, so its user checks the cell prefix.
+    WithinCell,
+    /// Seeks and steps across cells and rows, in total order.
+    Anywhere,
+}
+
+/// Read options for an iterator used for `seeks`.
+pub(crate) fn read_options(seeks: Seeks) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_total_order_seek(seeks == Seeks::Anywhere);
+    opts
+}
+
 impl IterPool {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
+    pub(crate) fn new(db: Arc<DB>, seeks: Seeks) -> Self {
         Self {
             db,
+            seeks,
             shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             next_to_prune: AtomicUsize::new(0),
         }
@@ -105,7 +127,9 @@ impl IterPool {
     }
 
     fn fresh(&self) -> OwnedIter {
-        OwnedIter::new(self.db.clone(), |db| db.raw_iterator())
+        OwnedIter::new(self.db.clone(), |db| {
+            db.raw_iterator_opt(read_options(self.seeks))
+        })
     }
 
     /// Drops the iterators idle for longer than [`MAX_IDLE`] from the next shard in turn (so a
@@ -142,7 +166,7 @@ mod tests {
     fn a_pooled_iterator_sees_the_writes_made_since_it_was_last_used() {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(DB::open_default(dir.path()).unwrap());
-        let pool = IterPool::new(db.clone());
+        let pool = IterPool::new(db.clone(), Seeks::Anywhere);
         let first_key = || {
             pool.with_iter(|it| {
                 it.seek_to_first();
@@ -163,7 +187,10 @@ mod tests {
     #[test]
     fn writes_from_one_thread_drop_every_shard_s_idle_iterators() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = IterPool::new(Arc::new(DB::open_default(dir.path()).unwrap()));
+        let pool = IterPool::new(
+            Arc::new(DB::open_default(dir.path()).unwrap()),
+            Seeks::Anywhere,
+        );
         // Readers on several threads leave iterators in several shards.
         std::thread::scope(|s| {
             for _ in 0..6 {

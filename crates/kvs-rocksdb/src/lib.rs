@@ -30,7 +30,7 @@ use ortelius_kvs::{
 use rocksdb::{DBRawIterator, Options, WriteBatch, WriteOptions, DB};
 
 use crate::catalog::{Catalog, TableInfo, Tables};
-use crate::iter_pool::IterPool;
+use crate::iter_pool::{read_options, IterPool, Seeks};
 use crate::range::{collect_row, ColumnRangeIter, RocksRangeIter, Scratch};
 use crate::wal_sync::WalSync;
 use ortelius_kvs::keycodec::{self as keys, DecodedKey};
@@ -79,7 +79,22 @@ pub fn rocksdb_options() -> Options {
     // 21.1k -> 17.8k; `examples/put_instructions.rs` under callgrind).
     opts.set_memtable_prefix_bloom_ratio(0.1);
     opts.set_memtable_whole_key_filtering(true);
+    // The same filters (memtable and SST files) also hold each version key's cell prefix, so a
+    // seek to a cell's newest version skips every memtable and file without the cell, as a
+    // point get skips those without its key.
+    opts.set_prefix_extractor(cell_prefix_extractor());
     opts
+}
+
+/// The prefix extractor of the store: a version key's cell prefix (the key without its
+/// timestamp). It keeps the key order (a key's cell prefix decides its place among other
+/// cells' keys), so the filters may use it; catalogue keys are outside its domain.
+pub fn cell_prefix_extractor() -> rocksdb::SliceTransform {
+    rocksdb::SliceTransform::create(
+        "ortelius.cell_prefix",
+        |key| &key[..key.len().saturating_sub(keys::TS_LEN)],
+        Some(keys::is_version_key),
+    )
 }
 
 /// Number of in-process lock stripes serialising atomic operations per cell.
@@ -88,7 +103,9 @@ const ATOMIC_STRIPES: usize = 256;
 /// The RocksDB [`KeyValueService`].
 pub struct RocksDbKvs {
     db: Arc<DB>,
-    /// Iterators reused by point reads (refreshed before each use).
+    /// Iterators reused by reads of given cells (refreshed before each use).
+    cell_iters: IterPool,
+    /// Iterators reused by reads of given rows.
     iters: IterPool,
     dir: PathBuf,
     tables: Catalog,
@@ -145,7 +162,8 @@ impl RocksDbKvs {
         let mut atomic_writes = WriteOptions::default();
         atomic_writes.set_sync(config.durability.sync_atomic_writes);
         Ok(Self {
-            iters: IterPool::new(db.clone()),
+            cell_iters: IterPool::new(db.clone(), Seeks::WithinCell),
+            iters: IterPool::new(db.clone(), Seeks::Anywhere),
             db,
             dir,
             tables: Catalog::new(tables),
@@ -196,6 +214,7 @@ impl RocksDbKvs {
 
     /// Compacts the whole store (reclaims space after deletes); for maintenance and benchmarks.
     pub fn compact(&self) {
+        self.cell_iters.clear();
         self.iters.clear();
         self.db.compact_range(None::<&[u8]>, None::<&[u8]>);
     }
@@ -218,7 +237,7 @@ impl RocksDbKvs {
     }
 
     fn iter(&self) -> DBRawIterator<'_> {
-        self.db.raw_iterator()
+        self.db.raw_iterator_opt(read_options(Seeks::Anywhere))
     }
 
     /// Locks the stripes of `cells` in ascending order (no deadlock between callers).
@@ -239,13 +258,19 @@ impl RocksDbKvs {
             .collect()
     }
 
+    /// Lets the iterator pools drop iterators idle for a while (they pin memtables and files).
+    fn drop_idle_iters(&self) {
+        self.cell_iters.drop_idle();
+        self.iters.drop_idle();
+    }
+
     fn write(&self, batch: WriteBatch, atomic: bool) -> KvsResult<()> {
         let opts = if atomic {
             &self.atomic_writes
         } else {
             &self.plain_writes
         };
-        self.iters.drop_idle();
+        self.drop_idle_iters();
         self.db.write_opt(batch, opts).map_err(storage)
     }
 
@@ -254,7 +279,7 @@ impl RocksDbKvs {
     fn write_atomic(&self, table_id: u32, batch: WriteBatch) -> KvsResult<()> {
         match &self.wal_sync {
             Some(wal_sync) => {
-                self.iters.drop_idle();
+                self.drop_idle_iters();
                 wal_sync.write(&self.db, table_id, batch)
             }
             None => self.write(batch, true),
@@ -270,14 +295,15 @@ impl RocksDbKvs {
             .map_or(Ok(()), |w| w.settle_read(&self.db, table_id))
     }
 
-    /// Reads the table `table_id` with a pooled iterator and answers what `read` found once it
-    /// is settled (see [`Self::settle`]).
+    /// Reads the table `table_id` with an iterator from `pool` and answers what `read` found
+    /// once it is settled (see [`Self::settle`]).
     fn read_settled<T: Found>(
         &self,
         table_id: u32,
+        pool: &IterPool,
         read: impl FnOnce(&mut DBRawIterator<'_>) -> KvsResult<T>,
     ) -> KvsResult<T> {
-        let found = self.iters.with_iter(read)?;
+        let found = pool.with_iter(read)?;
         if found.any() {
             self.settle(table_id)?;
         }
@@ -295,14 +321,7 @@ impl RocksDbKvs {
     ) -> KvsResult<()> {
         for (cell, ts, value) in writes {
             let key = keys::version_key(table_id, cell, ts);
-            // `key_may_exist` answers from the memtable and bloom filters: a "no" (the usual
-            // case, a fresh version) needs no read.
-            let existing = if self.db.key_may_exist(&key) {
-                self.db.get_pinned(&key).map_err(storage)?
-            } else {
-                None
-            };
-            if let Some(existing) = existing {
+            if let Some(existing) = self.stored(&key)? {
                 if existing.as_ref() != value {
                     // At timestamp 0 the value may be an atomic write's.
                     self.settle(table_id)?;
@@ -318,6 +337,17 @@ impl RocksDbKvs {
         Ok(())
     }
 
+    /// The value stored under `key`. `key_may_exist` answers from the memtable's and the SST
+    /// files' bloom filters (and cached blocks): its "no", the usual answer for a key about to
+    /// be written for the first time, needs no memtable search or read.
+    fn stored(&self, key: &[u8]) -> KvsResult<Option<rocksdb::DBPinnableSlice<'_>>> {
+        if self.db.key_may_exist(key) {
+            self.db.get_pinned(key).map_err(storage)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// For each requested cell, `read` of its newest version below the requested timestamp
     /// (cells without one are left out), from a pooled iterator; settled as every read is.
     fn newest_versions<T>(
@@ -330,7 +360,7 @@ impl RocksDbKvs {
             validate_read_ts(*ts)?;
         }
         let id = self.table_id(table)?;
-        self.read_settled(id, |iter| {
+        self.read_settled(id, &self.cell_iters, |iter| {
             let mut out = BTreeMap::new();
             for (cell, ts) in cells {
                 // One buffer: the seek key, whose first bytes are the cell's prefix.
@@ -386,7 +416,7 @@ fn read_version(iter: &DBRawIterator<'_>, prefix: &[u8]) -> KvsResult<Option<Val
 
 fn load_catalog(db: &DB) -> KvsResult<Tables> {
     let mut tables = BTreeMap::new();
-    let mut iter = db.raw_iterator();
+    let mut iter = db.raw_iterator_opt(read_options(Seeks::Anywhere));
     iter.seek(keys::CATALOG_TABLE_PREFIX);
     while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
         let Some(name) = k.strip_prefix(keys::CATALOG_TABLE_PREFIX) else {
@@ -514,7 +544,7 @@ impl KeyValueService for RocksDbKvs {
     fn get_one(&self, table: &TableRef, cell: &Cell, bound: Timestamp) -> KvsResult<Option<Value>> {
         validate_read_ts(bound)?;
         let id = self.table_id(table)?;
-        self.read_settled(id, |iter| {
+        self.read_settled(id, &self.cell_iters, |iter| {
             let key = keys::version_key(id, cell, bound - 1);
             iter.seek(&key);
             read_version(iter, &key[..key.len().saturating_sub(keys::TS_LEN)])
@@ -530,7 +560,7 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<BTreeMap<Cell, Value>> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        self.read_settled(id, |iter| {
+        self.read_settled(id, &self.iters, |iter| {
             let mut out = BTreeMap::new();
             let mut scratch = Scratch::default();
             for row in rows {
@@ -603,7 +633,7 @@ impl KeyValueService for RocksDbKvs {
     ) -> KvsResult<BTreeMap<Cell, Vec<Timestamp>>> {
         validate_read_ts(ts)?;
         let id = self.table_id(table)?;
-        self.read_settled(id, |iter| {
+        self.read_settled(id, &self.cell_iters, |iter| {
             let mut out = BTreeMap::new();
             for cell in cells {
                 let prefix = keys::cell_prefix(id, cell.row(), cell.column());
@@ -630,7 +660,7 @@ impl KeyValueService for RocksDbKvs {
         validate_read_ts(request.max_ts_exclusive)?;
         let id = self.table_id(table)?;
         let batch = request.batch_size.max(1);
-        let mut opts = rocksdb::ReadOptions::default();
+        let mut opts = read_options(Seeks::Anywhere);
         opts.set_iterate_upper_bound(keys::table_end(id));
         let mut iter = self.db.raw_iterator_opt(opts);
         self.settle(id)?;
@@ -741,7 +771,7 @@ impl KeyValueService for RocksDbKvs {
         let mut existing = Vec::new();
         for (cell, value) in writes {
             let key = keys::version_key(id, cell, ATOMIC_TS);
-            if self.db.get_pinned(&key).map_err(storage)?.is_some() {
+            if self.stored(&key)?.is_some() {
                 existing.push(cell.clone());
             }
             batch.put(key, value);
@@ -809,7 +839,7 @@ impl KeyValueService for RocksDbKvs {
         deletes: &[(Cell, TimestampRangeDelete)],
     ) -> KvsResult<()> {
         let id = self.table_id(table)?;
-        let batch = self.iters.with_iter(|iter| {
+        let batch = self.cell_iters.with_iter(|iter| {
             let mut batch = WriteBatch::default();
             for (cell, range) in deletes {
                 let (min, max) = range.bounds();
@@ -840,7 +870,7 @@ impl KeyValueService for RocksDbKvs {
         let mut batch = WriteBatch::default();
         for cell in cells {
             let key = keys::version_key(id, cell, SWEEP_SENTINEL_TS);
-            if self.db.get_pinned(&key).map_err(storage)?.is_none() {
+            if self.stored(&key)?.is_none() {
                 batch.put(key, []);
             }
         }

@@ -9,7 +9,9 @@ use ortelius_kvs::{
     Cell, CellView, ColumnRange, ColumnSelection, KvsError, KvsResult, RangeRequest, RowResult,
     Timestamp, Value,
 };
-use rocksdb::{DBRawIterator, ReadOptions, DB};
+use rocksdb::{DBRawIterator, DB};
+
+use crate::iter_pool::{read_options, Seeks};
 
 use ortelius_kvs::keycodec as keys;
 
@@ -207,7 +209,7 @@ impl<'a> Rows<'a> {
             keys::row_prefix(table_id, &rows.end)
         };
         let iter = (lower < upper).then(|| {
-            let mut opts = ReadOptions::default();
+            let mut opts = read_options(Seeks::Anywhere);
             opts.set_iterate_lower_bound(lower.clone());
             opts.set_iterate_upper_bound(upper);
             db.raw_iterator_opt(opts)

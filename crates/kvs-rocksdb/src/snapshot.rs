@@ -78,7 +78,7 @@ impl RocksDbKvs {
         visit: &mut dyn FnMut(Cell, Value) -> KvsResult<()>,
     ) -> KvsResult<()> {
         let id = self.table_id(table)?;
-        let mut opts = rocksdb::ReadOptions::default();
+        let mut opts = crate::iter_pool::read_options(crate::iter_pool::Seeks::Anywhere);
         opts.set_iterate_upper_bound(keys::table_end(id));
         let mut iter = self.db.raw_iterator_opt(opts);
         iter.seek(keys::table_start(id));

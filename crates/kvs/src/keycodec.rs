@@ -29,6 +29,14 @@ const DATA: u8 = 0x01;
 const TERMINATOR: [u8; 2] = [0x00, 0x01];
 const TABLE_PREFIX_LEN: usize = 5;
 pub const TS_LEN: usize = 8;
+/// The length of the shortest version key: table prefix, two empty names, timestamp.
+const MIN_VERSION_KEY_LEN: usize = TABLE_PREFIX_LEN + 2 * TERMINATOR.len() + TS_LEN;
+
+/// Whether `key` is in the version keys' part of the key space and long enough to be one (a
+/// cheap test, for filters; [`layout`] checks a key's form).
+pub fn is_version_key(key: &[u8]) -> bool {
+    key.first() == Some(&DATA) && key.len() >= MIN_VERSION_KEY_LEN
+}
 
 pub fn catalog_key(qualified_name: &str) -> Vec<u8> {
     let mut key = CATALOG_TABLE_PREFIX.to_vec();
