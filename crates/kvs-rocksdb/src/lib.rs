@@ -73,11 +73,13 @@ pub fn rocksdb_options() -> Options {
     let mut table_opts = rocksdb::BlockBasedOptions::default();
     table_opts.set_bloom_filter(10.0, false);
     opts.set_block_based_table_factory(&table_opts);
-    // A whole-key bloom filter on the memtable (10% of its size): `put` probes every new
-    // (cell, ts) for a different value already there, and a fresh key is then answered
-    // without a skiplist search. Halves the probe (6.5k -> 3.2k instructions; a whole put
-    // 21.1k -> 17.8k; `examples/put_instructions.rs` under callgrind).
-    opts.set_memtable_prefix_bloom_ratio(0.1);
+    // A whole-key bloom filter on the memtable: `put` probes every new (cell, ts) for a
+    // different value already there, and a fresh key is then answered without a skiplist
+    // search (a whole put 21.1k -> 17.8k instructions; `examples/put_instructions.rs` under
+    // callgrind). 2% of the memtable's size (1.3 MiB of 64 MiB) is about 12 bits per key and
+    // prefix for 100-byte values; at 10% the filter's random probes missed the caches more
+    // (reads and puts about 10% slower, interleaved `txn_vs_raw` / `kvs_vs_raw`).
+    opts.set_memtable_prefix_bloom_ratio(0.02);
     opts.set_memtable_whole_key_filtering(true);
     // The same filters (memtable and SST files) also hold each version key's cell prefix, so a
     // seek to a cell's newest version skips every memtable and file without the cell, as a
@@ -89,7 +91,7 @@ pub fn rocksdb_options() -> Options {
 /// The prefix extractor of the store: a version key's cell prefix (the key without its
 /// timestamp). It keeps the key order (a key's cell prefix decides its place among other
 /// cells' keys), so the filters may use it; catalogue keys are outside its domain.
-pub fn cell_prefix_extractor() -> rocksdb::SliceTransform {
+fn cell_prefix_extractor() -> rocksdb::SliceTransform {
     rocksdb::SliceTransform::create(
         "ortelius.cell_prefix",
         |key| &key[..key.len().saturating_sub(keys::TS_LEN)],
