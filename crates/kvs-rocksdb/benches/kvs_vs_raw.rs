@@ -281,16 +281,10 @@ fn criterion_groups(c: &mut Criterion) {
 fn interleaved(rounds: usize, filter: Option<&str>) {
     let s = &stores();
     for g in selected(filter) {
-        let ops: Vec<_> = g
+        let flavours: Vec<_> = g
             .flavours
             .iter()
-            .map(|&(_, op)| move |i| op(s, i))
-            .collect();
-        let flavours: Vec<common::Flavour<'_>> = g
-            .flavours
-            .iter()
-            .zip(&ops)
-            .map(|(&(name, _), op)| (name, op as &(dyn Fn(u64) + Sync)))
+            .map(|&(name, op)| (name, move |i| op(s, i)))
             .collect();
         common::compare(g.name, rounds, g.threads, &flavours);
     }
@@ -299,11 +293,5 @@ fn interleaved(rounds: usize, filter: Option<&str>) {
 criterion_group!(benches, criterion_groups);
 
 fn main() {
-    match common::rounds() {
-        Some(rounds) => interleaved(rounds, common::filter().as_deref()),
-        None => {
-            benches();
-            Criterion::default().configure_from_args().final_summary();
-        }
-    }
+    common::main(interleaved, benches);
 }

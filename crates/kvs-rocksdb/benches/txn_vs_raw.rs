@@ -338,11 +338,9 @@ fn interleaved(rounds: usize, filter: Option<&str>) {
             if filter.is_some_and(|f| !group.contains(f)) {
                 continue;
             }
-            let ops: Vec<_> = FLAVOURS.iter().map(|f| move |i| op(f, s, i)).collect();
-            let flavours: Vec<common::Flavour<'_>> = FLAVOURS
+            let flavours: Vec<_> = FLAVOURS
                 .iter()
-                .zip(&ops)
-                .map(|(f, op)| (f.name, op as &(dyn Fn(u64) + Sync)))
+                .map(|f| (f.name, move |i| op(f, s, i)))
                 .collect();
             common::compare(&group, rounds, threads, &flavours);
         }
@@ -352,11 +350,5 @@ fn interleaved(rounds: usize, filter: Option<&str>) {
 criterion_group!(benches, throughput);
 
 fn main() {
-    match common::rounds() {
-        Some(rounds) => interleaved(rounds, common::filter().as_deref()),
-        None => {
-            benches();
-            Criterion::default().configure_from_args().final_summary();
-        }
-    }
+    common::main(interleaved, benches);
 }

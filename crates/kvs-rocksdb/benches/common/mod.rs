@@ -10,28 +10,39 @@ use ortelius_kvs::testing::parallel;
 
 const ROUND: Duration = Duration::from_millis(400);
 
-/// A flavour of a group: its name and its operation, called with the operation's number
-/// (0, 1, 2, … within a round).
-pub type Flavour<'a> = (&'a str, &'a (dyn Fn(u64) + Sync));
+/// A bench's `main`: the interleaved measurement when `INTERLEAVED_ROUNDS` is set (given the
+/// rounds and the group name from the command line, as criterion takes it: only the groups
+/// whose name contains it run), criterion's otherwise.
+pub fn main(interleaved: impl FnOnce(usize, Option<&str>), criterion: impl FnOnce()) {
+    match rounds() {
+        Some(rounds) => interleaved(rounds, filter().as_deref()),
+        None => {
+            criterion();
+            criterion::Criterion::default()
+                .configure_from_args()
+                .final_summary();
+        }
+    }
+}
 
 /// The number of rounds asked for with `INTERLEAVED_ROUNDS`, if it is set; panics with the fix
 /// when it is not a positive number.
-pub fn rounds() -> Option<usize> {
+fn rounds() -> Option<usize> {
     let rounds = std::env::var("INTERLEAVED_ROUNDS").ok()?;
     let n = rounds.parse::<usize>().ok().filter(|&n| n > 0);
     Some(n.expect("INTERLEAVED_ROUNDS must be a number of rounds, at least 1"))
 }
 
-/// The group name given on the command line (cargo passes `--bench`), as criterion takes it:
-/// only the groups whose name contains it run.
-pub fn filter() -> Option<String> {
+/// The group name given on the command line (cargo passes `--bench`).
+fn filter() -> Option<String> {
     std::env::args().skip(1).find(|a| !a.starts_with('-'))
 }
 
-/// Measures `flavours` (one of them named `ortelius`) with `threads` threads, `rounds` rounds,
-/// and prints each baseline's median time per operation next to Ortelius's, with the median
-/// and the range of the rounds' ratios baseline-time / ortelius-time.
-pub fn compare(group: &str, rounds: usize, threads: u64, flavours: &[Flavour<'_>]) {
+/// Measures `flavours` (one of them named `ortelius`; each a name and an operation, called
+/// with the operation's number: 0, 1, 2, … within a round) with `threads` threads, `rounds`
+/// rounds, and prints each baseline's median time per operation next to Ortelius's, with the
+/// median and the range of the rounds' ratios baseline-time / ortelius-time.
+pub fn compare(group: &str, rounds: usize, threads: u64, flavours: &[(&str, impl Fn(u64) + Sync)]) {
     // Operations per round, from short runs of each flavour (also its warm-up).
     let sizes: Vec<u64> = flavours
         .iter()
@@ -51,7 +62,7 @@ pub fn compare(group: &str, rounds: usize, threads: u64, flavours: &[Flavour<'_>
     for round in 0..rounds {
         for k in 0..flavours.len() {
             let j = (round + k) % flavours.len();
-            let op = flavours[j].1;
+            let op = &flavours[j].1;
             let took = parallel(sizes[j], threads, |_, i| op(i));
             per_op[j].push(took.as_nanos() as f64 / sizes[j] as f64);
         }
