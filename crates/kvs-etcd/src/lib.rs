@@ -104,12 +104,30 @@ pub(crate) fn classify(
                 tonic::Code::OutOfRange if message.contains("compacted") => {
                     KvsError::Unavailable { detail }
                 }
+                tonic::Code::ResourceExhausted if over_quota(e) => KvsError::Storage {
+                    detail: format!(
+                        "{detail}; a member reached its --quota-backend-bytes and etcd refuses \
+                         writes until someone compacts, defragments and disarms the alarm \
+                         (etcdctl compact, defrag, alarm disarm); with `maintenance` \
+                         configured this store does that itself and retries for \
+                         requestTimeout"
+                    ),
+                },
                 _ => KvsError::Storage { detail },
             }
         }
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => maybe(detail),
         _ => KvsError::Storage { detail },
     }
+}
+
+/// etcd refused a write because a member's database reached its quota (the NOSPACE alarm is
+/// raised, or was already). Such a write was refused before it was proposed or when applied:
+/// nothing of it is stored.
+fn over_quota(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(status)
+        if status.code() == tonic::Code::ResourceExhausted
+            && status.message().contains("database space exceeded"))
 }
 
 fn get_response(op: TxnOpResponse) -> KvsResult<Vec<KeyValue>> {
@@ -259,7 +277,10 @@ impl EtcdKvs {
     /// Runs a request, again while it fails in a way that certainly left nothing applied
     /// (`Unavailable`: a member that is down or has no leader, a connection refused) until
     /// the request timeout has passed: the client spreads requests over every endpoint, so
-    /// without this a dead member fails a share of them.
+    /// without this a dead member fails a share of them. A write refused because the cluster
+    /// is over its space quota is also retried when this store runs maintenance: the pass it
+    /// asks for makes room and disarms the alarm, so a writer faster than the maintenance
+    /// interval waits for it instead of failing.
     pub(crate) fn call<T, Fut>(
         &self,
         operation: &'static str,
@@ -272,18 +293,24 @@ impl EtcdKvs {
         let deadline = std::time::Instant::now() + self.config.request_timeout;
         let mut pause = Duration::from_millis(10);
         loop {
-            match self.block_on(request(self.client())) {
+            let e = match self.block_on(request(self.client())) {
                 Ok(v) => return Ok(v),
-                Err(e) => match classify(&self.describe, operation, write, &e) {
-                    KvsError::Unavailable { .. }
-                        if std::time::Instant::now() + pause < deadline =>
-                    {
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(Duration::from_millis(250));
-                    }
-                    other => return Err(other),
-                },
+                Err(e) => e,
+            };
+            let error = classify(&self.describe, operation, write, &e);
+            let retriable = match (&error, &self.maintenance) {
+                (KvsError::Unavailable { .. }, _) => true,
+                (_, Some(maintenance)) if over_quota(&e) => {
+                    maintenance.make_room();
+                    true
+                }
+                _ => false,
+            };
+            if !retriable || std::time::Instant::now() + pause >= deadline {
+                return Err(error);
             }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(250));
         }
     }
 

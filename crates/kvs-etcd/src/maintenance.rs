@@ -4,9 +4,10 @@
 //! member is briefly unavailable while it defragments) once their files have grown well past
 //! what they use, then disarms a "database space exceeded" alarm. Configure it (`maintenance` in
 //! the config) to run in the background, or use etcd's own `--auto-compaction-*` flags and
-//! defragment from the operator's tooling.
+//! defragment from the operator's tooling. A store with maintenance configured also runs a pass
+//! as soon as one of its writes finds the cluster over quota, and retries that write.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,10 @@ impl EtcdKvs {
 /// Runs [`EtcdKvs::maintain`] every `interval` until dropped; the last report is kept.
 pub struct Maintenance {
     stop: Arc<AtomicBool>,
+    /// Set by a write that found the cluster over quota: run a pass now.
+    wanted: Arc<AtomicBool>,
+    /// Write attempts that found the cluster over quota (each asked for a pass).
+    over_quota: AtomicU64,
     last: Arc<Mutex<Option<Result<MaintenanceReport, String>>>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
@@ -116,15 +121,16 @@ impl Maintenance {
         defragment_above: i64,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let wanted = Arc::new(AtomicBool::new(false));
         let last = Arc::new(Mutex::new(None));
-        let (flag, out) = (stop.clone(), last.clone());
+        let (flag, asked, out) = (stop.clone(), wanted.clone(), last.clone());
         let handle = std::thread::Builder::new()
             .name("ortelius-etcd-maintenance".to_owned())
             .spawn(move || {
                 let mut next = Instant::now() + interval;
                 while !flag.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if !asked.swap(false, Ordering::SeqCst) && Instant::now() < next {
                         continue;
                     }
                     next = Instant::now() + interval;
@@ -137,7 +143,25 @@ impl Maintenance {
                 }
             })
             .ok();
-        Self { stop, last, handle }
+        Self {
+            stop,
+            wanted,
+            over_quota: AtomicU64::new(0),
+            last,
+            handle,
+        }
+    }
+
+    /// Asks for a pass now (a write found the cluster over its quota).
+    pub(crate) fn make_room(&self) {
+        self.over_quota.fetch_add(1, Ordering::Relaxed);
+        self.wanted.store(true, Ordering::SeqCst);
+    }
+
+    /// How many write attempts found the cluster over its quota and asked for a pass (the
+    /// write was then retried until the request timeout).
+    pub fn over_quota_writes(&self) -> u64 {
+        self.over_quota.load(Ordering::Relaxed)
     }
 
     /// The last pass's report, if one ran.
