@@ -331,3 +331,148 @@ fn cell_reads_apply_range_deletes_from_files_without_the_cell() {
         b"k"
     );
 }
+
+/// Whether any SST file in `dir` was written with the store's prefix extractor (RocksDB records
+/// the extractor's name in each file's properties; "nullptr" when there was none).
+fn files_with_cell_prefix_filters(dir: &std::path::Path) -> (usize, usize) {
+    let mut with = 0;
+    let mut all = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "sst") {
+            all += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            if bytes
+                .windows(b"ortelius.cell_prefix".len())
+                .any(|w| w == b"ortelius.cell_prefix")
+            {
+                with += 1;
+            }
+        }
+    }
+    (with, all)
+}
+
+/// A store written before the cell-prefix filters existed (its SST files were written with no
+/// prefix extractor) opens and reads the same: RocksDB skips prefix filtering on files written
+/// with another extractor, and new files get the filters. Here every file is rewritten by a
+/// plain RocksDB without the extractor, then the store takes newer versions of half its cells
+/// (in the memtable, then in a file with the filters) and every kind of read is checked each
+/// time.
+#[test]
+fn a_store_written_without_cell_prefix_filters_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TableRef::new("app", "upgraded").unwrap();
+    let rows: Vec<String> = (0..40)
+        .map(|i| format!("row-{i:03}-named-at-length"))
+        .collect();
+    let cell = |r: &String| Cell::new(r.clone(), "c").unwrap();
+    {
+        let kvs = open(dir.path());
+        kvs.create_table(&t, b"").unwrap();
+        for ts in [5, 10] {
+            let writes: Vec<_> = rows
+                .iter()
+                .map(|r| (cell(r), format!("{r}@{ts}").into_bytes()))
+                .collect();
+            kvs.put(&t, &writes, ts).unwrap();
+        }
+    }
+    {
+        // What the code before the filters wrote: every file without a prefix extractor.
+        let mut plain = rocksdb::Options::default();
+        plain.create_if_missing(false);
+        let db = rocksdb::DB::open(&plain, dir.path()).unwrap();
+        db.flush().unwrap();
+        db.compact_range::<&[u8], &[u8]>(None, None);
+    }
+    let (with, all) = files_with_cell_prefix_filters(dir.path());
+    assert!(
+        all > 0 && with == 0,
+        "{with} of {all} files have the filters"
+    );
+
+    // The newest value below `ts` of row `i`, when rows with an odd index got a version at 15.
+    let expected = |i: usize, ts: i64| -> String {
+        let newest = [5i64, 10, 15]
+            .into_iter()
+            .filter(|&v| v < ts && (v != 15 || i % 2 == 1))
+            .max()
+            .unwrap();
+        format!("{}@{newest}", rows[i])
+    };
+    let check = |kvs: &RocksDbKvs, stage: &str| {
+        for ts in [6i64, 11, 16] {
+            for (i, r) in rows.iter().enumerate() {
+                let c = cell(r);
+                let want = expected(i, ts).into_bytes();
+                let got = kvs.get(&t, &[(c.clone(), ts)]).unwrap();
+                assert_eq!(got[&c].contents, want, "{stage}: get {r} at {ts}");
+                let versions = kvs
+                    .get_all_timestamps(&t, std::slice::from_ref(&c), ts)
+                    .unwrap();
+                let below: Vec<i64> = [5, 10, 15]
+                    .into_iter()
+                    .filter(|&v| v < ts && (v != 15 || i % 2 == 1))
+                    .collect();
+                assert_eq!(versions[&c], below, "{stage}: timestamps of {r} below {ts}");
+            }
+            let latest = kvs
+                .get_latest_timestamps(&t, &rows.iter().map(|r| (cell(r), ts)).collect::<Vec<_>>())
+                .unwrap();
+            assert_eq!(
+                latest.len(),
+                rows.len(),
+                "{stage}: latest timestamps at {ts}"
+            );
+            let mut scanned = Vec::new();
+            kvs.scan_range(&t, &RangeRequest::rows(RowRange::all()), ts, &mut |v| {
+                scanned.push(v.contents.to_vec());
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+            let want: Vec<Vec<u8>> = (0..rows.len())
+                .map(|i| expected(i, ts).into_bytes())
+                .collect();
+            assert_eq!(scanned, want, "{stage}: scan at {ts}");
+            let ranged: Vec<Vec<u8>> = kvs
+                .get_range(&t, &RangeRequest::rows(RowRange::all()), ts)
+                .unwrap()
+                .map(|row| row.unwrap().columns.into_values().next().unwrap().contents)
+                .collect();
+            assert_eq!(ranged, want, "{stage}: get_range at {ts}");
+            let got_rows = kvs
+                .get_rows(
+                    &t,
+                    &rows
+                        .iter()
+                        .map(|r| r.clone().into_bytes())
+                        .collect::<Vec<_>>(),
+                    &ColumnSelection::All,
+                    ts,
+                )
+                .unwrap();
+            assert_eq!(got_rows.len(), rows.len(), "{stage}: get_rows at {ts}");
+        }
+    };
+    {
+        let kvs = open(dir.path());
+        // Even rows: every version in the old files; odd rows: the newest in the memtable.
+        let writes: Vec<_> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, r)| (cell(r), format!("{r}@15").into_bytes()))
+            .collect();
+        kvs.put(&t, &writes, 15).unwrap();
+        check(&kvs, "old files and the memtable");
+    }
+    // Opening the store flushes the newer versions into a file with the filters.
+    let kvs = open(dir.path());
+    let (with, all) = files_with_cell_prefix_filters(dir.path());
+    assert!(
+        with > 0 && with < all,
+        "{with} of {all} files have the filters"
+    );
+    check(&kvs, "old and new files");
+}
