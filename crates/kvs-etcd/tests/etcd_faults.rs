@@ -2,7 +2,8 @@
 //! follower and then the leader killed with SIGKILL and restarted, two of three members down
 //! (no quorum), a member cut off by a real network partition (its own network namespace, link
 //! down) — and a long overwrite-and-sweep workload kept under the space quota by compaction
-//! and defragmentation. Each cluster is this test's own.
+//! and defragmentation (and, without them, a write at the quota that fails naming the fix).
+//! Each cluster is this test's own.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -257,6 +258,53 @@ fn maintenance_keeps_an_overwrite_and_sweep_workload_under_the_quota() {
         .unwrap()
         .unwrap();
     assert_eq!(newest[0], (ROUNDS - 1) as u8);
+}
+
+/// Without maintenance, a write that finds the cluster over its quota fails with a message
+/// naming the cause and the fix, and stores nothing: the cell still reads as its last
+/// successful write.
+#[test]
+fn without_maintenance_a_write_over_the_quota_fails_naming_the_fix() {
+    let _serial = serial();
+    const QUOTA: i64 = 8 << 20;
+    const VALUE: usize = 128 << 10;
+    let cluster = EtcdCluster::start(1, &["--quota-backend-bytes", &QUOTA.to_string()]);
+    let kvs = EtcdKvs::open(&config(&cluster, "/full")).unwrap();
+    let table = ortelius_kvs::TableRef::new("app", "blobs").unwrap();
+    kvs.create_table(&table, b"").unwrap();
+    let cell = Cell::new("r", "c").unwrap();
+    let mut last_stored = None;
+    let limit = 2 * QUOTA / VALUE as i64;
+    let (ts, error) = (1..=limit)
+        .find_map(|ts| {
+            let mut v = vec![7u8; VALUE];
+            v[..8].copy_from_slice(&ts.to_be_bytes());
+            match kvs.put(&table, &[(cell.clone(), v)], ts) {
+                Ok(()) => {
+                    last_stored = Some(ts);
+                    None
+                }
+                Err(e) => Some((ts, e)),
+            }
+        })
+        .unwrap_or_else(|| panic!("{limit} writes of {VALUE} bytes never reached the quota"));
+    let message = error.to_string();
+    assert!(
+        matches!(error, ortelius_kvs::KvsError::Storage { .. })
+            && message.contains("database space exceeded")
+            && message.contains("--quota-backend-bytes")
+            && message.contains("alarm disarm")
+            && message.contains("`maintenance`"),
+        "{error:?}"
+    );
+    let Some(last_stored) = last_stored else {
+        panic!("the first write already found the cluster over its quota: {error}");
+    };
+    let read = kvs.get(&table, &[(cell.clone(), ts + 1)]).unwrap();
+    assert_eq!(
+        read[&cell].timestamp, last_stored,
+        "the refused write stored nothing"
+    );
 }
 
 fn db_size(cluster: &EtcdCluster, i: usize) -> i64 {
